@@ -1,0 +1,207 @@
+"""A LoRA layer: a frozen base layer (Linear, GPT-2 Conv1D or Embedding) plus named adapters.
+
+Every kind is handled in "linear form": the base weight seen as W with shape [out, in]
+(Linear: W; Conv1D: weight.T; Embedding: weight.T with in = vocabulary size), so one
+update rule serves all three:  h = base(x) + scaling * B @ A x,  A: [r, in], B: [out, r].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorakit.errors import ConfigError
+
+KINDS = ("linear", "conv1d", "embedding")
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    """Which LoRA kind a module is, or None if it cannot carry an adapter."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    # transformers' GPT-2 Conv1D, recognised by shape so that lora/ never imports transformers.
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return "conv1d"
+    return None
+
+
+def linear_form(weight: torch.Tensor, kind: str) -> torch.Tensor:
+    """The base weight as a [out, in] view sharing storage (so in-place edits reach the base)."""
+    return weight if kind == "linear" else weight.T
+
+
+class Adapter(nn.Module):
+    """One adapter on one layer: A [r, in], B [out, r], and DoRA's magnitude [out] if used.
+
+    Gaussian init (A ~ N(0, 1/r), B = 0) makes the adapted layer start equal to the base,
+    as in the LoRA paper. Embeddings follow peft: A = 0, B ~ N(0, 1).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        r: int,
+        alpha: float,
+        *,
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        dropout: float = 0.0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        if r <= 0:
+            raise ConfigError(f"r must be a positive integer, got {r} — pick r >= 1")
+        self.r, self.alpha, self.use_rslora, self.use_dora = r, float(alpha), use_rslora, use_dora
+        self.dropout = dropout
+        self.A = nn.Parameter(torch.zeros(r, in_features, dtype=dtype, device=device))
+        self.B = nn.Parameter(torch.zeros(out_features, r, dtype=dtype, device=device))
+        self.magnitude = (
+            nn.Parameter(torch.ones(out_features, dtype=dtype, device=device)) if use_dora else None
+        )
+        # PiSSA keeps its starting A, B so the saved adapter can be expressed against the
+        # original (un-residualised) base weight.
+        self.register_buffer("A0", None, persistent=False)
+        self.register_buffer("B0", None, persistent=False)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
+
+    def delta_weight(self) -> torch.Tensor:
+        """scaling * B @ A, shape [out, in] (before DoRA's rescaling)."""
+        return self.scaling * (self.B @ self.A)
+
+    def dora_norm(self, W: torch.Tensor) -> torch.Tensor:
+        """||W + scaling * B A|| per output row, detached as in the DoRA paper (sec. 4.3)."""
+        delta = self.delta_weight().detach().to(torch.float32)
+        return torch.linalg.vector_norm(W.detach().to(torch.float32) + delta, dim=1)
+
+    def extra_repr(self) -> str:
+        dora = ", dora" if self.use_dora else ""
+        return f"r={self.r}, alpha={self.alpha:g}, scaling={self.scaling:g}{dora}"
+
+
+class LoraLayer(nn.Module):
+    """Wraps a base layer; adds the active adapters' updates in forward.
+
+    State is explicit: `active` (names summed in forward), `merged` (names folded into the
+    base weight, so skipped in forward), `disabled` (base only), `rows` (per-row plan
+    installed by `adapter_per_row`). Nothing changes as a side effect of train()/eval().
+    """
+
+    def __init__(self, base_layer: nn.Module, kind: str | None = None):
+        super().__init__()
+        kind = kind or layer_kind(base_layer)
+        if kind not in KINDS:
+            raise ConfigError(f"cannot put LoRA on {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.kind = kind
+        self.adapters = nn.ModuleDict()
+        self.active: list[str] = []
+        self.merged: list[str] = []
+        self.disabled = False
+        self.rows = None  # set by lorakit.lora.batching
+
+    # -- shape of the base in linear form -------------------------------------------------
+    @property
+    def in_features(self) -> int:
+        return self.weight_linear.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight_linear.shape[0]
+
+    @property
+    def weight_linear(self) -> torch.Tensor:
+        return linear_form(self.base_layer.weight, self.kind)
+
+    def __getattr__(self, name: str):
+        # Code around the model reads `.weight`, `.bias`, `.num_embeddings`, ... of the
+        # layer it thinks is there; hand those through to the base layer.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
+    # -- adapters --------------------------------------------------------------------------
+    def add_adapter(self, name: str, adapter: Adapter) -> None:
+        base = self.base_layer.weight
+        adapter.to(base.device)
+        self.adapters[name] = adapter
+        if adapter.use_dora:
+            with torch.no_grad():
+                adapter.magnitude.copy_(adapter.dora_norm(self.weight_linear))
+
+    def remove_adapter(self, name: str) -> None:
+        if name in self.merged:
+            raise ConfigError(f"adapter {name!r} is merged — unmerge before deleting it")
+        adapter = self.adapters[name]
+        if adapter.A0 is not None:  # PiSSA: give the base back its principal part
+            with torch.no_grad():
+                W = self.weight_linear
+                W.add_((adapter.scaling * adapter.B0 @ adapter.A0).to(W.dtype))
+        del self.adapters[name]
+        self.active = [n for n in self.active if n != name]
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.rows is not None:
+            from lorakit.lora.batching import per_row_forward
+
+            return per_row_forward(self, x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.disabled:
+            return result
+        for name in self.active:
+            if name not in self.merged and name in self.adapters:
+                result = self._add_update(result, x, self.adapters[name])
+        return result
+
+    def _add_update(self, result: torch.Tensor, x: torch.Tensor, ad: Adapter) -> torch.Tensor:
+        if self.kind == "embedding":
+            h = self._embed(x, ad.A.T)  # [..., r]
+            return _add_scaled(result, h, ad.B, ad.scaling)
+        xa = x if x.dtype == ad.A.dtype else x.to(ad.A.dtype)
+        dropped = self.training and ad.dropout > 0
+        if dropped:  # with dropout 0 there is no extra copy of the input
+            xa = F.dropout(xa, ad.dropout, training=True)
+        h = F.linear(xa, ad.A)  # [..., r]
+        if not ad.use_dora:
+            return _add_scaled(result, h, ad.B, ad.scaling)
+        # DoRA (peft's formulation): result += (m/||W'|| - 1) * base(x) + m/||W'|| * scaling * B A x
+        W = self.weight_linear
+        mag_scale = (ad.magnitude / ad.dora_norm(W).to(ad.magnitude.dtype)).view(1, -1)
+        bias = getattr(self.base_layer, "bias", None)
+        if dropped:
+            base = F.linear(xa, W.to(xa.dtype))
+        else:
+            base = result if bias is None else result - bias
+        lora = F.linear(h, ad.B) * ad.scaling
+        dora = (mag_scale - 1) * base.to(mag_scale.dtype) + mag_scale * lora
+        return result + dora.to(result.dtype)
+
+    def _embed(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        b = self.base_layer
+        return F.embedding(ids, table, b.padding_idx, b.max_norm, b.norm_type, b.scale_grad_by_freq, b.sparse)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, active={self.active}, merged={self.merged}"
+
+
+def _add_scaled(result: torch.Tensor, h: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
+    """result + scaling * h @ B.T, fused into one addmm when dtypes agree."""
+    if result.dtype == B.dtype and result.dim() >= 2:
+        out = result.shape[-1]
+        fused = torch.addmm(result.reshape(-1, out), h.reshape(-1, h.shape[-1]), B.T, alpha=scaling)
+        return fused.view(result.shape)
+    return result + (F.linear(h, B) * scaling).to(result.dtype)

@@ -1,0 +1,107 @@
+"""Merging adapters into base weights, and back. Always explicit, never a side effect."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lorakit.errors import ConfigError
+from lorakit.lora.inject import _set_module, adapter_configs
+from lorakit.lora.layer import LoraLayer
+from lorakit.lora.manage import _check_known, active_adapters, lora_layers, set_adapter
+from lorakit.lora.saved_module import ModulesToSave
+
+
+@torch.no_grad()
+def merge_layer(layer: LoraLayer, name: str) -> None:
+    """W <- W + scaling * B A (DoRA: W <- m / ||W + scaling * B A|| * (W + scaling * B A))."""
+    ad = layer.adapters[name]
+    W = layer.weight_linear  # [out, in] view of the base weight
+    delta = ad.delta_weight().to(torch.float32)
+    if ad.use_dora:
+        norm = ad.dora_norm(W)
+        ad.__dict__["_merge_norm"] = norm  # to invert exactly in unmerge
+        W.copy_(((ad.magnitude.float() / norm)[:, None] * (W.float() + delta)).to(W.dtype))
+    else:
+        W.add_(delta.to(W.dtype))
+    layer.merged.append(name)
+
+
+@torch.no_grad()
+def unmerge_layer(layer: LoraLayer, name: str) -> None:
+    ad = layer.adapters[name]
+    W = layer.weight_linear
+    delta = ad.delta_weight().to(torch.float32)
+    if ad.use_dora:
+        norm = ad.__dict__.pop("_merge_norm")
+        W.copy_((W.float() * (norm / ad.magnitude.float())[:, None] - delta).to(W.dtype))
+    else:
+        W.sub_(delta.to(W.dtype))
+    layer.merged.remove(name)
+
+
+def _untie(model: nn.Module, layer: LoraLayer) -> None:
+    """Give `layer` its own copy of a weight it shares (tied embeddings / LM head).
+
+    Merging into a shared tensor would silently change the other module too. After
+    untying, the model's config says so, so save_pretrained + from_pretrained keep both.
+    """
+    weight = layer.base_layer.weight
+    shared = any(
+        p is weight
+        for m in model.modules()
+        if m is not layer.base_layer
+        for p in m.parameters(recurse=False)
+    )
+    if not shared:
+        return
+    layer.base_layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "tie_word_embeddings", False):
+        config.tie_word_embeddings = False
+        text_config = getattr(config, "get_text_config", lambda: None)()
+        if text_config is not None and hasattr(text_config, "tie_word_embeddings"):
+            text_config.tie_word_embeddings = False
+
+
+def merge(model: nn.Module, adapter: str | None = None) -> None:
+    """Fold `adapter` (default: the active adapters) into the base weights.
+
+    Forward then skips the merged adapters, so outputs are unchanged and cost nothing extra.
+    """
+    names = [adapter] if adapter is not None else active_adapters(model)
+    _check_known(model, names)
+    if not names:
+        raise ConfigError("no adapter to merge — pass adapter=... or set_adapter() first")
+    for layer in lora_layers(model).values():
+        for name in names:
+            if name in layer.adapters and name not in layer.merged:
+                _untie(model, layer)
+                merge_layer(layer, name)
+
+
+def unmerge(model: nn.Module) -> None:
+    """Undo every merge (last merged first), restoring the base weights."""
+    for layer in lora_layers(model).values():
+        for name in reversed(list(layer.merged)):
+            unmerge_layer(layer, name)
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge the active adapters and return the model with plain torch modules only.
+
+    Inactive adapters are dropped; modules_to_save are replaced by the active adapter's copy.
+    """
+    active = active_adapters(model)
+    if active:
+        merge(model)
+    for path, layer in lora_layers(model).items():
+        for name in [n for n in layer.adapters if n not in layer.merged]:
+            layer.remove_adapter(name)  # restores a PiSSA residual's principal part
+        _set_module(model, path, layer.base_layer)
+    for path, wrapper in [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSave)]:
+        wrapper.disabled = False
+        _set_module(model, path, wrapper.current())
+    adapter_configs(model).clear()
+    set_adapter(model, None)
+    return model

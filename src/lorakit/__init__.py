@@ -1,10 +1,10 @@
 """lorakit: LoRA for any PyTorch model — train, measure, merge, swap and serve adapters.
 
-    import lorakit
-    model = lorakit.inject(model, lorakit.LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
-    lorakit.print_trainable_parameters(model)
-    ...train...
-    lorakit.save_adapter(model, "my-adapter")          # a peft-format directory
+import lorakit
+model = lorakit.inject(model, lorakit.LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+lorakit.print_trainable_parameters(model)
+...train...
+lorakit.save_adapter(model, "my-adapter")          # a peft-format directory
 """
 
 from lorakit.adapters import load_adapter, save_adapter

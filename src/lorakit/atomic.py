@@ -51,7 +51,9 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists — pass overwrite=True / --overwrite, or pick another path")
+        raise OutputExistsError(
+            f"{path} already exists — pass overwrite=True / --overwrite, or pick another path"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

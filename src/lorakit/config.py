@@ -29,8 +29,12 @@ class LoraConfig(StrictConfig):
     """What to adapt and how. Field names follow the LoRA paper; file names follow peft."""
 
     r: int = Field(8, description="Rank of the update B @ A.")
-    alpha: float = Field(16, description="Scale numerator: scaling = alpha / r (alpha / sqrt(r) with rsLoRA).")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input (training only).")
+    alpha: float = Field(
+        16, description="Scale numerator: scaling = alpha / r (alpha / sqrt(r) with rsLoRA)."
+    )
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input (training only)."
+    )
     target_modules: list[str] | str = Field(
         "all-linear",
         description=(
@@ -38,12 +42,17 @@ class LoraConfig(StrictConfig):
             "a regex string (full match), or 'all-linear' (every Linear / GPT-2 Conv1D but the output head)."
         ),
     )
-    exclude_modules: list[str] | str | None = Field(None, description="Names or regex never adapted.")
+    exclude_modules: list[str] | str | None = Field(
+        None, description="Names or regex never adapted."
+    )
     modules_to_save: list[str] | None = Field(
-        None, description="Modules trained in full and saved with the adapter (e.g. a new classifier head)."
+        None,
+        description="Modules trained in full and saved with the adapter (e.g. a new classifier head).",
     )
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
-    use_dora: bool = Field(False, description="DoRA: a trainable magnitude over W + scaling * B @ A.")
+    use_dora: bool = Field(
+        False, description="DoRA: a trainable magnitude over W + scaling * B @ A."
+    )
     init: Literal["gaussian", "kaiming", "pissa"] = Field(
         "gaussian",
         description=(
@@ -52,10 +61,16 @@ class LoraConfig(StrictConfig):
         ),
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train.")
-    rank_pattern: dict[str, int] | None = Field(None, description="Per-module r: {regex suffix: r}.")
+    rank_pattern: dict[str, int] | None = Field(
+        None, description="Per-module r: {regex suffix: r}."
+    )
     alpha_pattern: dict[str, float] | None = Field(None, description="Per-module alpha.")
-    task_type: str | None = Field(None, description="peft task type written to adapter_config.json.")
-    base_model_name_or_path: str | None = Field(None, description="Recorded in adapter_config.json.")
+    task_type: str | None = Field(
+        None, description="peft task type written to adapter_config.json."
+    )
+    base_model_name_or_path: str | None = Field(
+        None, description="Recorded in adapter_config.json."
+    )
 
     @field_validator("r")
     @classmethod

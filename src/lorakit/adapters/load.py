@@ -41,21 +41,31 @@ from lorakit.lora.saved_module import ModulesToSave
 def read_config(path: Path) -> dict:
     file = path / CONFIG_NAME
     if not path.is_dir():
-        raise AdapterFormatError(f"adapter directory {path} does not exist — pass a directory written by save_adapter or peft")
+        raise AdapterFormatError(
+            f"adapter directory {path} does not exist — pass a directory written by save_adapter or peft"
+        )
     if not file.is_file():
-        raise AdapterFormatError(f"{path} has no {CONFIG_NAME} — is it a peft/lorakit adapter directory?")
+        raise AdapterFormatError(
+            f"{path} has no {CONFIG_NAME} — is it a peft/lorakit adapter directory?"
+        )
     try:
         raw = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterFormatError(f"{file} is not valid JSON ({exc}) — re-save the adapter") from None
+        raise AdapterFormatError(
+            f"{file} is not valid JSON ({exc}) — re-save the adapter"
+        ) from None
     if not isinstance(raw, dict):
         raise AdapterFormatError(f"{file} must hold a JSON object — re-save the adapter")
     peft_type = raw.get("peft_type", "LORA")
     if str(peft_type).upper() != "LORA":
-        raise UnsupportedAdapterError(f"{file}: peft_type {peft_type!r} is not supported — lorakit reads LORA adapters")
+        raise UnsupportedAdapterError(
+            f"{file}: peft_type {peft_type!r} is not supported — lorakit reads LORA adapters"
+        )
     for field in UNSUPPORTED_FIELDS:
         if raw.get(field) not in (None, False, [], {}, ""):
-            raise UnsupportedAdapterError(f"{file}: {field}={raw[field]!r} is not supported by lorakit — retrain without it")
+            raise UnsupportedAdapterError(
+                f"{file}: {field}={raw[field]!r} is not supported by lorakit — retrain without it"
+            )
     return raw
 
 
@@ -65,7 +75,9 @@ def read_weights(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tens
         try:
             return load_file(str(file))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise AdapterFormatError(f"{file} is truncated or corrupted ({exc}) — re-save or re-download it") from None
+            raise AdapterFormatError(
+                f"{file} is truncated or corrupted ({exc}) — re-save or re-download it"
+            ) from None
     pickled = path / PICKLE_WEIGHTS_NAME
     if pickled.is_file():
         if not allow_pickle:
@@ -98,7 +110,9 @@ def _plan(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor]
     for key, tensor in tensors.items():
         parsed: Key | None = parse_key(key, saved_names)
         if parsed is None:
-            raise AdapterFormatError(f"{where}: unexpected tensor {key!r} — not a LoRA key peft or lorakit writes")
+            raise AdapterFormatError(
+                f"{where}: unexpected tensor {key!r} — not a LoRA key peft or lorakit writes"
+            )
         if parsed.part == "saved":
             saved.setdefault(parsed.module, {})[parsed.param] = tensor
         else:
@@ -106,12 +120,19 @@ def _plan(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor]
     for path, parts in lora.items():
         if {"A", "B"} <= parts.keys():
             if path not in candidates:
-                raise AdapterMismatchError(f"adapter has weights for {path!r}, which this model lacks — {hint}")
+                raise AdapterMismatchError(
+                    f"adapter has weights for {path!r}, which this model lacks — {hint}"
+                )
             module, kind = candidates[path]
             n_in, out = _module_dims(module, kind)
             A, B = parts["A"], parts["B"]
             r = A.shape[0]
-            if A.dim() != 2 or B.dim() != 2 or tuple(A.shape) != (r, n_in) or tuple(B.shape) != (out, r):
+            if (
+                A.dim() != 2
+                or B.dim() != 2
+                or tuple(A.shape) != (r, n_in)
+                or tuple(B.shape) != (out, r)
+            ):
                 raise AdapterMismatchError(
                     f"{path}: adapter has A {list(A.shape)} and B {list(B.shape)}, but the layer needs "
                     f"A [r, {n_in}] and B [{out}, r] — {hint}"
@@ -121,21 +142,31 @@ def _plan(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor]
                     f"{path}: tensors have rank {r} but adapter_config.json gives r={config.rank_for(path)} — fix r / rank_pattern"
                 )
             if config.use_dora != ("magnitude" in parts):
-                raise AdapterFormatError(f"{path}: use_dora={config.use_dora} but DoRA magnitude is {'missing' if config.use_dora else 'present'}")
+                raise AdapterFormatError(
+                    f"{path}: use_dora={config.use_dora} but DoRA magnitude is {'missing' if config.use_dora else 'present'}"
+                )
             if "magnitude" in parts and tuple(parts["magnitude"].shape) != (out,):
-                raise AdapterMismatchError(f"{path}: DoRA magnitude {list(parts['magnitude'].shape)} != [{out}] — {hint}")
+                raise AdapterMismatchError(
+                    f"{path}: DoRA magnitude {list(parts['magnitude'].shape)} != [{out}] — {hint}"
+                )
         elif {"A", "B"} & parts.keys():
-            raise AdapterFormatError(f"{where}: {path} has only one of lora_A / lora_B — the file is incomplete")
+            raise AdapterFormatError(
+                f"{where}: {path} has only one of lora_A / lora_B — the file is incomplete"
+            )
         target = modules.get(path)
         base = target.base_layer if isinstance(target, LoraLayer) else target
         if "bias" in parts:
             bias = getattr(base, "bias", None)
             if bias is None or bias.shape != parts["bias"].shape:
-                raise AdapterMismatchError(f"{path}: adapter carries a bias {list(parts['bias'].shape)} the model's layer does not fit — {hint}")
+                raise AdapterMismatchError(
+                    f"{path}: adapter carries a bias {list(parts['bias'].shape)} the model's layer does not fit — {hint}"
+                )
         if "base_weight" in parts:
             weight = getattr(base, "weight", None)
             same = weight is not None and weight.shape == parts["base_weight"].shape
-            if not same or not torch.allclose(weight.detach().float().cpu(), parts["base_weight"].float(), atol=1e-6):
+            if not same or not torch.allclose(
+                weight.detach().float().cpu(), parts["base_weight"].float(), atol=1e-6
+            ):
                 raise AdapterMismatchError(
                     f"{path}: adapter carries its own base weights (resized vocabulary?) that differ from this model's — "
                     "load it on the base it was trained with"
@@ -145,7 +176,9 @@ def _plan(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor]
         if isinstance(module, ModulesToSave):
             module = module.original_module
         if module is None:
-            raise AdapterMismatchError(f"adapter saves module {path!r}, which this model lacks — {hint}")
+            raise AdapterMismatchError(
+                f"adapter saves module {path!r}, which this model lacks — {hint}"
+            )
         own = dict(module.named_parameters())
         for name, tensor in params.items():
             if name not in own or own[name].shape != tensor.shape:
@@ -191,10 +224,14 @@ def load_adapter(
         raise AdapterFormatError(f"{path / CONFIG_NAME}: {exc}") from None
     lora, parts_by_module, saved = _plan(model, config, tensors, path)
     if not lora and not saved:
-        raise AdapterFormatError(f"{path / WEIGHTS_NAME} holds no LoRA weights — re-save the adapter")
+        raise AdapterFormatError(
+            f"{path / WEIGHTS_NAME} holds no LoRA weights — re-save the adapter"
+        )
     name = adapter if adapter is not None else _free_name(model, path)
     if name in adapter_configs(model):
-        raise ConfigError(f"adapter {name!r} already exists — delete_adapter() it or pass another name")
+        raise ConfigError(
+            f"adapter {name!r} already exists — delete_adapter() it or pass another name"
+        )
 
     grads = {p: p.requires_grad for p in model.parameters()}
     before = active_adapters(model)

@@ -42,7 +42,9 @@ def add_weighted_adapter(
     if new_name in configs:
         raise ConfigError(f"adapter {new_name!r} already exists — pick another name")
     if any(configs[n].use_dora for n in names):
-        raise ConfigError("add_weighted_adapter does not combine DoRA adapters — use plain LoRA adapters")
+        raise ConfigError(
+            "add_weighted_adapter does not combine DoRA adapters — use plain LoRA adapters"
+        )
     if len(names) == 1:
         method = "linear"
     if method == "linear":
@@ -86,7 +88,9 @@ def add_weighted_adapter(
     if saved_owner:
         for wrapper in model.modules():
             if isinstance(wrapper, ModulesToSave) and saved_owner in wrapper.copies:
-                wrapper.copies[new_name] = copy.deepcopy(wrapper.copies[saved_owner]).requires_grad_(False)
+                wrapper.copies[new_name] = copy.deepcopy(
+                    wrapper.copies[saved_owner]
+                ).requires_grad_(False)
     configs[new_name] = config
 
 
@@ -97,7 +101,10 @@ def _combine(present: list[tuple[Adapter, float]], method: str, svd_rank: int | 
         B = torch.cat([ad.B for ad, _ in present], dim=1)
         return A, B
     if method == "linear":
-        A = sum(math.copysign(math.sqrt(abs(w * ad.scaling)), w * ad.scaling) * ad.A for ad, w in present)
+        A = sum(
+            math.copysign(math.sqrt(abs(w * ad.scaling)), w * ad.scaling) * ad.A
+            for ad, w in present
+        )
         B = sum(math.sqrt(abs(w * ad.scaling)) * ad.B for ad, w in present)
         return A, B
     delta = sum(w * ad.delta_weight() for ad, w in present)  # [out, in]

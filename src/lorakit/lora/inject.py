@@ -56,7 +56,11 @@ def output_head_names(model: nn.Module, task_type: str | None) -> set[str]:
     if isinstance(out, nn.Module):
         heads.append(out)
     elif task_type == "SEQ_CLS":
-        heads += [getattr(model, h) for h in SEQ_CLS_HEADS if isinstance(getattr(model, h, None), nn.Module)]
+        heads += [
+            getattr(model, h)
+            for h in SEQ_CLS_HEADS
+            if isinstance(getattr(model, h, None), nn.Module)
+        ]
     return {n for n, m in model.named_modules() if any(m is h for h in heads)}
 
 
@@ -65,7 +69,9 @@ def find_targets(model: nn.Module, config: LoraConfig) -> dict[str, tuple[nn.Mod
     candidates = adaptable_modules(model)
     if config.target_modules == "all-linear":
         heads = output_head_names(model, config.task_type)
-        selected = {n: v for n, v in candidates.items() if v[1] in ("linear", "conv1d") and n not in heads}
+        selected = {
+            n: v for n, v in candidates.items() if v[1] in ("linear", "conv1d") and n not in heads
+        }
     else:
         selected = {n: v for n, v in candidates.items() if _matches(config.target_modules, n)}
     if config.exclude_modules:
@@ -92,7 +98,9 @@ def _saved_module_targets(model: nn.Module, names: list[str] | None) -> dict[str
         hits = [
             (n, m)
             for n, m in model.named_modules()
-            if (n == name or n.endswith("." + name)) and ".original_module" not in n and ".copies." not in n
+            if (n == name or n.endswith("." + name))
+            and ".original_module" not in n
+            and ".copies." not in n
         ]
         if not hits:
             raise TargetNotFoundError(
@@ -108,7 +116,9 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, leaf, module)
 
 
-def inject(model: nn.Module, config: LoraConfig | None = None, adapter: str = "default") -> nn.Module:
+def inject(
+    model: nn.Module, config: LoraConfig | None = None, adapter: str = "default"
+) -> nn.Module:
     """Wrap the modules `config` selects with LoRA adapter `adapter`, in place; returns `model`.
 
     Freezes every parameter except the new adapter's (A, B, DoRA magnitude), its
@@ -121,13 +131,17 @@ def inject(model: nn.Module, config: LoraConfig | None = None, adapter: str = "d
         raise ConfigError(f"adapter name must be a non-empty string without dots, got {adapter!r}")
     configs = adapter_configs(model)
     if adapter in configs:
-        raise ConfigError(f"adapter {adapter!r} already exists — delete_adapter() it or pick another name")
+        raise ConfigError(
+            f"adapter {adapter!r} already exists — delete_adapter() it or pick another name"
+        )
     targets = find_targets(model, config)
     if not targets:
         raise TargetNotFoundError(_no_match_message(model, config))
     for name, (_, kind) in targets.items():
         if kind == "embedding" and config.use_dora:
-            raise ConfigError(f"DoRA is not supported on embeddings ({name}) — exclude it or drop use_dora")
+            raise ConfigError(
+                f"DoRA is not supported on embeddings ({name}) — exclude it or drop use_dora"
+            )
     saved = _saved_module_targets(model, config.modules_to_save)
 
     for name, (module, kind) in targets.items():

@@ -192,13 +192,17 @@ class LoraLayer(nn.Module):
 
     def _embed(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         b = self.base_layer
-        return F.embedding(ids, table, b.padding_idx, b.max_norm, b.norm_type, b.scale_grad_by_freq, b.sparse)
+        return F.embedding(
+            ids, table, b.padding_idx, b.max_norm, b.norm_type, b.scale_grad_by_freq, b.sparse
+        )
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, active={self.active}, merged={self.merged}"
 
 
-def _add_scaled(result: torch.Tensor, h: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
+def _add_scaled(
+    result: torch.Tensor, h: torch.Tensor, B: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """result + scaling * h @ B.T, fused into one addmm when dtypes agree."""
     if result.dtype == B.dtype and result.dim() >= 2:
         out = result.shape[-1]

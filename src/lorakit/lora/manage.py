@@ -34,7 +34,9 @@ def _check_known(model: nn.Module, names: list[str]) -> None:
     known = list_adapters(model)
     for name in names:
         if name not in known:
-            raise AdapterNotFoundError(f"no adapter named {name!r} — loaded adapters: {known or 'none'}")
+            raise AdapterNotFoundError(
+                f"no adapter named {name!r} — loaded adapters: {known or 'none'}"
+            )
 
 
 def set_adapter(model: nn.Module, name: str | list[str] | None) -> None:
@@ -55,7 +57,9 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     layers = lora_layers(model)
     merged = [n for n, layer in layers.items() if name in layer.merged]
     if merged:
-        raise ConfigError(f"adapter {name!r} is merged into {merged[0]} — unmerge(model) before deleting it")
+        raise ConfigError(
+            f"adapter {name!r} is merged into {merged[0]} — unmerge(model) before deleting it"
+        )
     for path, layer in layers.items():
         if name in layer.adapters:
             layer.remove_adapter(name)

@@ -55,7 +55,9 @@ def _untie(model: nn.Module, layer: LoraLayer) -> None:
     )
     if not shared:
         return
-    layer.base_layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+    layer.base_layer.weight = nn.Parameter(
+        weight.detach().clone(), requires_grad=weight.requires_grad
+    )
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_word_embeddings", False):
         config.tie_word_embeddings = False

@@ -1,0 +1,122 @@
+import pytest
+import torch
+
+import lorakit
+from tiny_models import (
+    VOCAB,
+    logits,
+    randomize_adapters,
+    tiny_bert_cls,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_mlp,
+)
+
+TARGETS = [["q_proj", "v_proj"], "all-linear", ["q_proj", "embed_tokens"], ["o_proj", "up_proj"]]
+
+
+def _many(factory, n: int, dora_every: int = 0, targets=None):
+    model = factory()
+    for i in range(n):
+        cfg = lorakit.LoraConfig(
+            r=1 + (i * 5) % 16,  # ranks differ: zero-padding in the bank is exercised
+            alpha=2 + i % 7,
+            target_modules=targets or TARGETS[i % len(TARGETS)],
+            use_dora=bool(dora_every) and i % dora_every == 1,
+            use_rslora=i % 3 == 2,
+        )
+        if cfg.use_dora and "embed_tokens" in cfg.target_modules:
+            cfg.target_modules = ["q_proj", "k_proj"]
+        lorakit.inject(model, cfg, adapter=f"a{i}")
+        randomize_adapters(model, std=0.1, seed=i)
+    return model
+
+
+def _alone(model, name, row):
+    lorakit.set_adapter(model, name)
+    return logits(model, row)
+
+
+@pytest.mark.parametrize("n", [1, 8, 64])
+def test_each_row_equals_running_it_alone(n):
+    model = _many(tiny_llama, n, dora_every=4)
+    torch.manual_seed(n)
+    rows = max(n, 4) + 2
+    names = [None if i % 5 == 0 else f"a{(i * 7) % n}" for i in range(rows)]
+    ids = torch.randint(3, VOCAB, (rows, 6))
+    with lorakit.adapter_per_row(model, names):
+        batched = logits(model, ids)
+    for i, name in enumerate(names):
+        alone = _alone(model, name, ids[i : i + 1])
+        assert torch.allclose(batched[i], alone[0], atol=1e-5), (i, name)
+
+
+def test_rows_differ_by_adapter_and_base_rows_are_base():
+    model = _many(tiny_llama, 2)
+    ids = torch.randint(3, VOCAB, (1, 5)).repeat(3, 1)
+    with lorakit.adapter_per_row(model, ["a0", "a1", None]):
+        out = logits(model, ids)
+    assert not torch.allclose(out[0], out[1])
+    assert torch.allclose(out[2], logits(tiny_llama(), ids[:1])[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("factory", [tiny_gpt2, tiny_mlp])
+def test_conv1d_and_plain_modules(factory):
+    model = _many(factory, 3, targets="all-linear")
+    ids = torch.randint(3, VOCAB, (4, 5))
+    names = ["a2", "a0", None, "a1"]
+    with lorakit.adapter_per_row(model, names):
+        batched = logits(model, ids)
+    for i, name in enumerate(names):
+        assert torch.allclose(batched[i], _alone(model, name, ids[i : i + 1])[0], atol=1e-5)
+
+
+def test_classification_heads_per_row():
+    model = tiny_bert_cls()
+    for i in range(3):
+        lorakit.inject(
+            model,
+            lorakit.LoraConfig(
+                r=2 + i, target_modules=["query", "value"], modules_to_save=["classifier"]
+            ),
+            adapter=f"c{i}",
+        )
+        randomize_adapters(model, seed=i)
+    ids = torch.randint(3, VOCAB, (4, 7))
+    names = ["c2", None, "c0", "c1"]
+    with lorakit.adapter_per_row(model, names):
+        batched = logits(model, ids)
+    for i, name in enumerate(names):
+        assert torch.allclose(batched[i], _alone(model, name, ids[i : i + 1])[0], atol=1e-5)
+
+
+def test_per_row_state_is_restored_and_errors_are_clear():
+    model = _many(tiny_llama, 2)
+    lorakit.set_adapter(model, "a1")
+    ids = torch.randint(3, VOCAB, (2, 4))
+    before = logits(model, ids)
+    with lorakit.adapter_per_row(model, ["a0", None]):
+        logits(model, ids)
+    assert torch.equal(logits(model, ids), before)
+    with pytest.raises(lorakit.AdapterNotFoundError, match="nope"):
+        with lorakit.adapter_per_row(model, ["nope"]):
+            pass
+    with pytest.raises(lorakit.ConfigError, match="3 names but the batch has 2 rows"):
+        with lorakit.adapter_per_row(model, ["a0", "a1", None]):
+            logits(model, ids)
+    lorakit.merge(model)
+    with pytest.raises(lorakit.ConfigError, match="unmerge"):
+        with lorakit.adapter_per_row(model, ["a0"]):
+            pass
+
+
+def test_bank_is_rebuilt_after_weights_change():
+    model = _many(tiny_llama, 2)
+    ids = torch.randint(3, VOCAB, (2, 4))
+    with lorakit.adapter_per_row(model, ["a0", "a1"]):
+        first = logits(model, ids)
+    randomize_adapters(model, seed=99)  # in-place update of a trainable adapter (a1)
+    with lorakit.adapter_per_row(model, ["a0", "a1"]):
+        second = logits(model, ids)
+    assert torch.allclose(first[0], second[0]) and not torch.allclose(first[1], second[1])
+    assert torch.allclose(second[1], _alone(model, "a1", ids[1:2])[0], atol=1e-5)

@@ -233,7 +233,8 @@ def load_adapter(
             f"adapter {name!r} already exists — delete_adapter() it or pass another name"
         )
 
-    grads = {p: p.requires_grad for p in model.parameters()}
+    # Other adapters keep their trainability; the base stays frozen, as after inject.
+    grads = {p: p.requires_grad for p in _adapter_parameters(model)}
     before = active_adapters(model)
     shape_config = config.model_copy(
         update=dict(
@@ -252,9 +253,21 @@ def load_adapter(
     adapter_configs(model)[name] = config
     _copy_in(model, name, parts_by_module, saved)
     for p in model.parameters():
+        p.requires_grad_(False)
+    for p in _adapter_parameters(model):
         p.requires_grad_(grads.get(p, trainable))
     set_adapter(model, before or name)
     return name
+
+
+def _adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
+    params = []
+    for m in model.modules():
+        if isinstance(m, LoraLayer):
+            params += list(m.adapters.parameters())
+        elif isinstance(m, ModulesToSave):
+            params += list(m.copies.parameters())
+    return params
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ A name is, in this order: an alias (`minilm`, `smollm2-135m`), a local HF model 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from lorakit.models.paths import ALIASES, alias_path
 
 Task = Literal["classification", "causal-lm"]
 TASKS = ("classification", "causal-lm")
+log = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -109,7 +111,13 @@ def load_tokenizer(directory: str | Path, task: Task = "causal-lm"):
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelNotFoundError(
+            f"no usable tokenizer in {directory} ({str(exc).splitlines()[0][:120]}) — save the "
+            "tokenizer next to the model: tokenizer.save_pretrained(<dir>)"
+        ) from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ModelNotFoundError(
@@ -151,28 +159,52 @@ def load_model(
     else:
         from transformers import AutoModelForCausalLM as auto_cls
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-    with rng:
+    with rng, _quiet_transformers():
         if seed is not None:
             torch.manual_seed(seed)  # the new head's init, without touching the caller's RNG
         try:
-            model = auto_cls.from_pretrained(directory, **kwargs)
+            model, info = auto_cls.from_pretrained(directory, output_loading_info=True, **kwargs)
         except ValueError as exc:
             if "Unrecognized configuration class" not in str(exc):
                 raise
-            raise ConfigError(
-                f"{source.name} has no {task} variant ({exc.args[0].splitlines()[0][:120]}) — "
-                "use task classification for encoders such as minilm, causal-lm for "
-                "decoders such as smollm2-135m"
-            ) from None
+            raise ConfigError(_no_variant(source.name, task)) from None
         except OSError as exc:
             raise ModelNotFoundError(
                 f"could not load weights from {directory}: {exc} — lorakit reads safetensors "
                 "only (pickle .bin files are refused); convert the weights to model.safetensors"
             ) from None
+    missing = sorted(info["missing_keys"]) + sorted(k for k, *_ in info["mismatched_keys"])
+    if task == "causal-lm" and missing:
+        # e.g. a BERT encoder loads as BertLMHeadModel with a random LM head: useless, say so
+        raise ConfigError(
+            _no_variant(source.name, task) + f" (untrained: {', '.join(missing[:3])})"
+        )
+    if missing:
+        log.info("new classification head for %s: %s", source.name, ", ".join(missing))
     if model.config.pad_token_id is None:
         # decoder classifiers find each row's last real token through pad_token_id
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _no_variant(name: str, task: str) -> str:
+    return (
+        f"{name} has no trained {task} model — use task classification for encoders such "
+        "as minilm, causal-lm for decoders such as smollm2-135m"
+    )
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' load report: a new head is expected here, and reported by us."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _label_kwargs(num_labels: int | None, label_names: list[str] | None) -> dict:

@@ -1,0 +1,180 @@
+"""The user's tables (CSV, TSV, JSON, JSONL, Parquet) -> deduplicated train/validation/test.
+
+Files are read with `datasets`; everything a user can get wrong becomes a DataError that says
+how to fix it. One file is split deterministically like the default data (lorakit.data.split);
+a directory of train/validation/test files, or a mapping of them, keeps the given splits.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from lorakit.data.split import DEFAULT_FRACTIONS, SplitStats, column, dedupe_and_split
+from lorakit.errors import DataError
+
+# extension -> (datasets builder, extra builder arguments)
+FORMATS: dict[str, tuple[str, dict]] = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"sep": "\t"}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+# file stems recognised as splits inside a data directory
+SPLIT_STEMS = {"train": "train", "validation": "validation", "valid": "validation"}
+SPLIT_STEMS |= {"val": "validation", "dev": "validation", "test": "test"}
+
+
+def read_file(path: str | Path, encoding: str = "utf-8") -> Dataset:
+    """One file as a Dataset (no splitting, no deduplication)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        hint = "it is a directory: pass a file" if path.is_dir() else "check the path"
+        raise DataError(f"data file {path} not found — {hint}, or use the default data 'tweets'")
+    if path.suffix.lower() not in FORMATS:
+        raise DataError(
+            f"{path.name}: unknown data format {path.suffix or '(no extension)'!r} — use one of "
+            f"{', '.join(FORMATS)} (rename the file if its content is one of these)"
+        )
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise DataError(f"unknown encoding {encoding!r} — use e.g. utf-8 or latin-1") from None
+    builder, extra = FORMATS[path.suffix.lower()]
+    if builder != "parquet":
+        extra = {**extra, "encoding": encoding}
+    if _is_blank(path):
+        raise DataError(f"{path} is empty — add rows to it, or point to another file")
+    try:
+        table = datasets.load_dataset(builder, data_files=str(path), split="train", **extra)
+    except datasets.exceptions.DatasetGenerationError as exc:
+        raise _parse_error(path, builder, encoding, exc) from exc
+    except ValueError as exc:
+        if "corresponds to no data" in str(exc):  # a CSV with a header and no rows
+            raise DataError(f"{path} has no rows — add rows to it") from None
+        raise DataError(
+            f"could not read {path} as {builder.upper()}: {exc} — check the file"
+        ) from exc
+    if len(table) == 0:
+        raise DataError(f"{path} has no rows — add rows to it")
+    return table
+
+
+def _is_blank(path: Path) -> bool:
+    size = path.stat().st_size
+    return size == 0 or (size < 4096 and not path.read_bytes().strip())
+
+
+def _parse_error(path: Path, builder: str, encoding: str, exc: Exception) -> DataError:
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, UnicodeDecodeError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, UnicodeDecodeError):
+        other = "latin-1" if encoding.replace("_", "-").lower() in ("utf-8", "utf8") else "utf-8"
+        return DataError(
+            f"{path} is not valid {encoding} text (byte {cause.object[cause.start : cause.start + 1]!r}) "
+            f"— pass its encoding, e.g. `--encoding {other}`, or re-save the file as UTF-8"
+        )
+    reason = exc.__cause__ or exc
+    return DataError(
+        f"could not parse {path} as {builder.upper()}: {reason} — check the file's syntax"
+        + (" (JSON Lines: one object per line)" if builder == "json" else "")
+    )
+
+
+def check_columns(ds: Dataset, columns: Iterable[str | None], source: str = "the data") -> None:
+    """DataError naming the available columns when any of `columns` is missing."""
+    missing = [c for c in columns if c is not None and c not in ds.column_names]
+    if missing:
+        raise DataError(
+            f"{source} has no column {', '.join(map(repr, missing))} — available columns: "
+            f"{', '.join(ds.column_names)}; pick them with --text-column / --label-column"
+        )
+
+
+def check_classes(ds: Dataset, label_column: str, source: str = "the training data") -> list:
+    """The distinct labels of `ds`, sorted; a DataError when fewer than two."""
+    # numbers in numeric order (2 before 10), other labels alphabetically
+    labels = sorted({v for v in column(ds, label_column) if v is not None}, key=_label_order)
+    if len(labels) < 2:
+        found = f"only {labels[0]!r}" if labels else "no labels"
+        raise DataError(
+            f"{source} has {found} in column {label_column!r} — classification needs at least "
+            "two classes; check --label-column"
+        )
+    return labels
+
+
+def _label_order(value) -> tuple:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, value, "") if is_number else (1, 0, str(value))
+
+
+def find_split_files(directory: str | Path) -> dict[str, Path]:
+    """{split: file} from a directory: train/validation(valid, val, dev)/test.<ext>, or its only file."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in FORMATS)
+    found: dict[str, Path] = {}
+    for f in files:
+        split = SPLIT_STEMS.get(f.stem.lower())
+        if split in found:
+            raise DataError(
+                f"{directory} has two {split} files ({found[split].name}, {f.name}) — keep one"
+            )
+        if split:
+            found[split] = f
+    if not found and len(files) == 1:
+        return {"train": files[0]}
+    if "train" not in found:
+        names = ", ".join(f.name for f in files) or "no data files"
+        raise DataError(
+            f"{directory} has no train file (found: {names}) — name the files train/validation/test"
+            f" with one of the extensions {', '.join(FORMATS)}, or pass a single file"
+        )
+    return found
+
+
+def load_table(
+    source: str | Path | Mapping[str, str | Path],
+    *,
+    key_columns: Sequence[str] | None = None,
+    label_column: str | None = None,
+    encoding: str = "utf-8",
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+) -> tuple[DatasetDict, SplitStats]:
+    """Deduplicated train/validation/test from 'tweets', a file, a directory or {split: file}.
+
+    key_columns: the columns that identify a row for deduplication and splitting (default:
+    every column but `label_column`). label_column: set for classification; texts seen with
+    different labels are dropped and at least two classes must remain.
+    Splits missing from a directory or mapping are carved out of train by hashing.
+    """
+    if isinstance(source, str) and source == "tweets":
+        from lorakit.data.tweets import load_tweets
+
+        out, stats = load_tweets(fractions, seed)
+        check_columns(out["train"], [*(key_columns or []), label_column], source="tweets")
+    else:
+        if isinstance(source, Mapping):
+            files = {str(k): Path(v).expanduser() for k, v in source.items()}
+        else:
+            path = Path(source).expanduser()
+            files = find_split_files(path) if path.is_dir() else {"train": path}
+        if "train" not in files:
+            raise DataError(f"no train file among {sorted(files)} — give a train file")
+        parts = {split: read_file(f, encoding) for split, f in files.items()}
+        keys = key_columns or [c for c in parts["train"].column_names if c != label_column]
+        for split, ds in parts.items():
+            check_columns(ds, [*keys, label_column], source=f"{files[split].name}")
+        out, stats = dedupe_and_split(parts, keys, label_column, fractions, seed)
+    if len(out["train"]) == 0:
+        raise DataError(f"no training rows left: {stats.summary()} — check the data")
+    if label_column:
+        check_classes(out["train"], label_column)
+    return out, stats

@@ -113,6 +113,8 @@ def _plan(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor]
             raise AdapterFormatError(
                 f"{where}: unexpected tensor {key!r} — not a LoRA key peft or lorakit writes"
             )
+        if parsed.part == "original":
+            continue
         if parsed.part == "saved":
             saved.setdefault(parsed.module, {})[parsed.param] = tensor
         else:

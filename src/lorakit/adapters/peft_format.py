@@ -53,7 +53,9 @@ KNOWN_TASK_TYPES = (
 @dataclass(frozen=True)
 class Key:
     module: str  # module path inside the model
-    part: str  # "A", "B", "magnitude", "bias", "base_weight" or "saved" (modules_to_save)
+    # "A", "B", "magnitude", "bias", "base_weight", "saved" (modules_to_save) or
+    # "original" (peft's copy of the unchanged base module, which the model already has)
+    part: str
     param: str = ""  # for "saved": the parameter path inside the saved module
 
 
@@ -76,10 +78,14 @@ def parse_key(key: str, saved_modules: list[str]) -> Key | None:
     if name.endswith(".base_layer.weight"):
         return Key(name.removesuffix(".base_layer.weight"), "base_weight")
     for saved in saved_modules:
-        match = re.match(rf"^(.*\.)?{re.escape(saved)}\.", name)
+        # peft writes a saved module's parameters plainly, except with bias="all", where the
+        # wrapper's insides show: `<m>.modules_to_save.bias` and `<m>.original_module.bias`.
+        match = re.match(
+            rf"^((?:.*\.)?{re.escape(saved)})\.(?:(modules_to_save|original_module)\.)?(.+)$", name
+        )
         if match:
-            module = match.group(0)[:-1]
-            return Key(module, "saved", name[len(module) + 1 :])
+            module, wrapper, param = match.groups()
+            return Key(module, "original" if wrapper == "original_module" else "saved", param)
     if name.endswith(".bias"):
         return Key(name.removesuffix(".bias"), "bias")
     return None

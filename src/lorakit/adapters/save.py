@@ -27,6 +27,7 @@ _TASK_SUFFIXES = {
     "ForTokenClassification": "TOKEN_CLS",
     "ForQuestionAnswering": "QUESTION_ANS",
     "ForConditionalGeneration": "SEQ_2_SEQ_LM",
+    "LMHeadModel": "CAUSAL_LM",  # GPT2LMHeadModel and kin
 }
 
 

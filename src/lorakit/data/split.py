@@ -89,7 +89,10 @@ def dedupe_and_split(
     `key_columns`) ends up in exactly one split, once: a key present in a given test or
     validation file stays there and is dropped from train. A key seen with different labels
     is dropped everywhere (neither label can be trusted; majority votes were mostly ties in
-    the tweets data). The first occurrence of a row is the one kept, so order is preserved.
+    the tweets data). The first occurrence of a row is the one kept. Within each split,
+    rows are ordered by a hash of their key: source files are often sorted (the tweets CSV
+    is sorted by label), and any prefix of a split (max_train_samples, a quick evaluation)
+    must be a fair sample of it.
     """
     fractions = check_fractions(fractions)
     given = [s for s in SPLITS if s in parts]
@@ -139,11 +142,18 @@ def dedupe_and_split(
             if sources[split] != part or key in kept:
                 continue  # a duplicate, or a copy of an evaluation text inside train
             kept.add(key)
-            chosen[split].append(index)
-    out = DatasetDict({s: parts[sources[s]].select(chosen[s]) for s in SPLITS})
+            chosen[split].append((_order_key(key, seed), index))
+    out = DatasetDict(
+        {s: parts[sources[s]].select([i for _, i in sorted(chosen[s])]) for s in SPLITS}
+    )
     sizes = {s: len(out[s]) for s in SPLITS}
     duplicates = rows - empty - conflicts - sum(sizes.values())
     return out, SplitStats(rows, empty, duplicates, conflicts, sizes)
+
+
+def _order_key(key: str, seed: int) -> bytes:
+    # a different hash from split_of's, so the order inside a split is not tied to the split
+    return hashlib.blake2b(f"order\x1f{seed}\x1f{key}".encode(), digest_size=8).digest()
 
 
 def _keys(ds: Dataset, key_columns: Sequence[str]) -> list[str]:

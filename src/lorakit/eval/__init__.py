@@ -1,0 +1,1 @@
+"""Evaluation: task metrics, evaluation runs, latency and memory."""

@@ -1,0 +1,81 @@
+"""Run set-up: output directory rules, device, model + method (lora / dora / full / head)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lorakit.config import TrainConfig
+from lorakit.errors import ConfigError, LorakitError, OutputExistsError
+from lorakit.lora import inject
+
+# Fields that may differ between a run and its resumption.
+_RESUME_FREE = {"resume", "overwrite", "output", "device", "eval_every", "save_every", "keep_last"}
+
+
+def prepare_output(config: TrainConfig) -> Path:
+    """Create (or, for --resume, check) the run directory. Nothing is deleted without --overwrite."""
+    out = Path(config.output)
+    saved = out / "config.json"
+    if config.resume:
+        if not saved.is_file():
+            raise LorakitError(
+                f"nothing to resume in {out} (no config.json) — drop --resume to start a new run"
+            )
+        old = json.loads(saved.read_text())
+        new = config.model_dump(mode="json")
+        changed = sorted(k for k in new if k not in _RESUME_FREE and old.get(k) != new[k])
+        if changed:
+            raise ConfigError(
+                f"--resume with a different config ({', '.join(changed)}) — resume with the run's own "
+                f"settings (see {saved}) or start a new run in another --output"
+            )
+        return out
+    if out.exists() and any(out.iterdir()):
+        if not config.overwrite:
+            raise OutputExistsError(
+                f"{out} already exists — pass --overwrite to replace it, or --resume to continue it"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA device is visible — use --device cpu or auto")
+    return torch.device(name)
+
+
+def head_name(model: nn.Module, task: str) -> str:
+    """The output head's module name: a classifier ('classifier', 'score', ...) or the LM head."""
+    if task == "causal-lm":
+        head = model.get_output_embeddings()
+        return next(n for n, m in model.named_modules() if m is head)
+    for name in ("classifier", "score", "head", "classification_head"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    raise ConfigError(f"cannot find the classification head of {type(model).__name__}")
+
+
+def apply_method(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """Make exactly the parameters of `config.method` trainable (the fair-comparison switch)."""
+    if config.method in ("lora", "dora"):
+        saved = [head_name(model, config.task)] if config.task == "classification" else None
+        return inject(model, config.lora_config(modules_to_save=saved))
+    if config.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    head = model.get_submodule(head_name(model, config.task))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    return model

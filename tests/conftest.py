@@ -12,3 +12,90 @@ from tiny_models import VOCAB
 def ids():
     torch.manual_seed(123)
     return torch.randint(3, VOCAB, (3, 9))
+
+
+# -- tiny on-disk models and data for the training / CLI tests ---------------------------
+
+POSITIVE = ["good", "great", "lovely", "happy", "fine"]
+NEGATIVE = ["bad", "awful", "sad", "angry", "poor"]
+
+
+def _write_bert(path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tiny_tokenizer import VOCAB as BYTE_VOCAB
+    from tiny_tokenizer import make_tokenizer
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=BYTE_VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        num_labels=2,
+    )
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    make_tokenizer(chat_template=None).save_pretrained(path)
+    return path
+
+
+def _write_llama(path):
+    from tiny_tokenizer import make_tokenizer
+    from tiny_tokenizer import tiny_llama as byte_llama
+
+    model = byte_llama()
+    # A random LM head of std 0.02 bounds every logit below ~0.7 in size, so a frozen head
+    # could never make a confident prediction; pretrained heads are far larger. Scale it so
+    # LoRA on the body can learn, as on a real model.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(25)
+    model.save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory):
+    """A tiny random BERT classifier + byte tokenizer, as an HF directory."""
+    return _write_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def llama_model_dir(tmp_path_factory):
+    """A tiny random Llama + byte tokenizer with SmolLM2's chat template, as an HF directory."""
+    return _write_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def sentiment_csv(tmp_path_factory):
+    """A learnable two-class CSV: the label is given away by one word of the text."""
+    import csv
+    import random
+
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["review", "mood"])
+        for i in range(240):
+            pos = i % 2 == 0
+            word = rng.choice(POSITIVE if pos else NEGATIVE)
+            # the deciding word comes first: a tiny random BERT pools the first token
+            writer.writerow([f"{word}, item {i}", "pos" if pos else "neg"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def qa_jsonl(tmp_path_factory):
+    """prompt/response pairs with a learnable answer (the prompt's word, upper-cased)."""
+    import json
+
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    words = POSITIVE + NEGATIVE
+    with open(path, "w") as f:
+        for i in range(120):
+            w = words[i % len(words)]
+            f.write(json.dumps({"prompt": f"Shout {w} #{i}", "response": w.upper()}) + "\n")
+    return path

@@ -17,14 +17,197 @@ from lorakit.errors import LorakitError
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="LoRA for any PyTorch model: train, measure, merge, swap and serve adapters (PEFT format).",
 )
 _state = {"debug": False}
 
+Opt = typer.Option
+
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+def _root(debug: bool = Opt(False, "--debug", help="Show tracebacks on errors.")) -> None:
     _state["debug"] = debug
+
+
+@app.command()
+def train(
+    config_file: Path | None = typer.Argument(
+        None, help="YAML file of TrainConfig fields; flags override it."
+    ),
+    model: str | None = Opt(
+        None, help="minilm, smollm2-135m, an HF directory, a .gguf file or a cached hub id."
+    ),
+    task: str | None = Opt(None, help="classification or causal-lm."),
+    data: str | None = Opt(
+        None, help="tweets, or a CSV / JSON / JSONL / Parquet file or directory."
+    ),
+    output: str | None = Opt(None, help="Run directory."),
+    method: str | None = Opt(None, help="lora, dora, full or head."),
+    r: int | None = Opt(None, help="LoRA rank."),
+    alpha: float | None = Opt(None, help="LoRA alpha."),
+    dropout: float | None = Opt(None, help="LoRA dropout."),
+    targets: str | None = Opt(
+        None, help="all-linear, comma-separated names (q_proj,v_proj) or a regex."
+    ),
+    lr: float | None = Opt(None, help="Peak learning rate."),
+    epochs: float | None = Opt(None, help="Passes over the training data."),
+    max_steps: int | None = Opt(None, help="Optimizer steps (overrides epochs)."),
+    batch_size: int | None = Opt(None, help="Examples per micro-batch."),
+    grad_accum: int | None = Opt(None, help="Micro-batches per optimizer step."),
+    max_length: int | None = Opt(None, help="Tokens per example."),
+    seed: int | None = Opt(None, help="Random seed."),
+    lora_plus_ratio: float | None = Opt(None, help="LoRA+: B learns this many times faster."),
+    text_column: str | None = Opt(None, help="Classification text column."),
+    label_column: str | None = Opt(None, help="Classification label column."),
+    max_train_samples: int | None = Opt(None, help="Use at most this many training examples."),
+    max_eval_samples: int | None = Opt(None, help="Evaluate on at most this many examples."),
+    packing: bool | None = Opt(None, "--packing/--no-packing", help="Causal LM: pack documents."),
+    eval_every: int | None = Opt(None, help="Validate every N steps."),
+    save_every: int | None = Opt(None, help="Checkpoint every N steps."),
+    device: str | None = Opt(None, help="auto, cpu or cuda."),
+    resume: bool = Opt(
+        False, "--resume", help="Continue the run in --output from its last checkpoint."
+    ),
+    overwrite: bool = Opt(False, "--overwrite", help="Replace an existing --output."),
+    print_config: bool = Opt(False, "--print-config", help="Print the resolved config and exit."),
+) -> None:
+    """Fine-tune a model (LoRA by default) and write adapter, metrics, log and plots."""
+    flags = {k: v for k, v in locals().items() if k not in ("config_file", "print_config")}
+    from lorakit.train import train as run_train
+    from lorakit.yaml_config import resolve_train_config
+
+    config = resolve_train_config(config_file, flags)
+    if print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+        return
+    metrics = run_train(config, progress=True)
+    _print_summary(metrics, config.output)
+
+
+def _print_summary(metrics: dict, output: str) -> None:
+    test = metrics["test"]
+    shown = {
+        k: test[k]
+        for k in ("accuracy", "macro_f1", "perplexity", "exact_match", "rouge_l")
+        if k in test
+    }
+    print(
+        f"done: {metrics['steps']} steps in {metrics['train_seconds']:.1f}s "
+        f"({metrics['train_samples_per_s']:.1f} samples/s, {metrics['train_tokens_per_s']:.0f} tokens/s); "
+        + ", ".join(f"test {k} {v:.4f}" for k, v in shown.items())
+        + f" → {output}"
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = Opt("minilm", help="Base model."),
+    adapter: str | None = Opt(None, help="Adapter directory."),
+    data: str = Opt("tweets", help="tweets or a data file/directory."),
+    task: str | None = Opt(None, help="Default: the adapter's task."),
+    split: str = Opt("test", help="train, validation or test."),
+    max_eval_samples: int | None = Opt(None, help="Evaluate on at most this many examples."),
+    text_column: str | None = Opt(None),
+    label_column: str | None = Opt(None),
+    compare_base: bool = Opt(
+        False, "--compare-base", help="Also evaluate the base model, side by side."
+    ),
+    as_json: bool = Opt(False, "--json", help="Print JSON."),
+) -> None:
+    """Evaluate a model, with or without an adapter."""
+    from lorakit.eval.evaluate import evaluate
+
+    result = evaluate(
+        model, data, adapter, task, split, compare_base, max_eval_samples, text_column, label_column
+    )
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    from lorakit.eval.report import print_eval
+
+    print_eval(result)
+
+
+@app.command()
+def classify(
+    texts: list[str] = typer.Argument(..., help="Texts to classify."),
+    model: str = Opt("minilm", help="Base model."),
+    adapter: str | None = Opt(None, help="Classification adapter directory."),
+) -> None:
+    """Classify texts; prints one JSON line per text."""
+    from lorakit.eval.infer import classify as run_classify
+    from lorakit.eval.infer import load_for_inference
+
+    loaded, tokenizer, _, labels = load_for_inference(model, adapter, "classification")
+    for text, result in zip(texts, run_classify(loaded, tokenizer, texts, labels), strict=True):
+        print(json.dumps({"text": text, **result}))
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="The prompt."),
+    model: str = Opt("smollm2-135m", help="Base model."),
+    adapter: str | None = Opt(None, help="Adapter directory."),
+    max_tokens: int = Opt(128, help="New tokens at most."),
+    temperature: float = Opt(0.0, help="0 = greedy."),
+    top_p: float = Opt(1.0),
+    seed: int | None = Opt(None),
+    chat_template: bool = Opt(
+        True, "--chat-template/--raw", help="Wrap the prompt as a user turn."
+    ),
+) -> None:
+    """Generate text, streamed to the terminal as it is produced."""
+    from lorakit.eval.infer import load_for_inference, render_chat, stream
+
+    loaded, tokenizer, _, _ = load_for_inference(model, adapter, "causal-lm")
+    text = (
+        render_chat(tokenizer, [{"role": "user", "content": prompt}])
+        if chat_template and tokenizer.chat_template
+        else prompt
+    )
+    for piece in stream(loaded, tokenizer, text, max_tokens, temperature, top_p, seed):
+        print(piece, end="", flush=True)
+    print()
+
+
+@app.command()
+def chat(
+    model: str = Opt("smollm2-135m", help="Base model."),
+    adapter: str | None = Opt(None, help="Adapter directory."),
+    system: str | None = Opt(None, help="System prompt."),
+    max_tokens: int = Opt(256, help="New tokens per reply at most."),
+) -> None:
+    """Chat interactively (the model's chat template; replies stream). /exit to leave."""
+    from lorakit.eval.infer import chat_loop, load_for_inference
+
+    loaded, tokenizer, _, _ = load_for_inference(model, adapter, "causal-lm")
+
+    def read() -> str | None:
+        try:
+            return input("you> ")
+        except EOFError:
+            return None
+
+    def write(piece: str) -> None:
+        print(piece, end="", flush=True)
+
+    chat_loop(loaded, tokenizer, read, write, system, max_tokens)
+
+
+@app.command()
+def merge(
+    adapter: str = Opt(..., help="Adapter directory."),
+    output: str = Opt(..., help="Directory for the merged model."),
+    model: str = Opt("minilm", help="Base model the adapter was trained on."),
+    overwrite: bool = Opt(False, "--overwrite", help="Replace an existing output."),
+) -> None:
+    """Merge an adapter into its base: a plain transformers directory, no lorakit needed."""
+    from lorakit.eval.infer import merge_to_directory
+
+    print(f"merged model written to {merge_to_directory(model, adapter, output, overwrite)}")
 
 
 @app.command()
@@ -35,6 +218,18 @@ def inspect(
     from lorakit.adapters.inspect import summarize
 
     print(json.dumps(summarize(adapter), indent=2))
+
+
+@app.command()
+def demo(
+    output: str = Opt("runs/demo", help="Where the demo's runs go."),
+    overwrite: bool = Opt(False, "--overwrite", help="Replace an earlier demo."),
+    quick: bool = Opt(False, "--quick", help="A much shorter run (for tests)."),
+) -> None:
+    """The main job on the defaults: MiniLM sentiment LoRA, SmolLM2 instruction LoRA, one chat reply."""
+    from lorakit.demo import run_demo
+
+    run_demo(output, overwrite, quick)
 
 
 def main(argv: list[str] | None = None) -> int:

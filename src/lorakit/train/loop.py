@@ -70,10 +70,14 @@ def _epoch_batches(run: Run, epoch: int) -> list[dict]:
             len(rows), generator=torch.Generator().manual_seed(cfg.seed + epoch)
         ).tolist()
         dtype = next(run.model.parameters()).dtype
-        return [
-            collate_packed([rows[i] for i in order[s : s + cfg.batch_size]], dtype)
-            for s in range(0, len(order), cfg.batch_size)
-        ]
+        batches = []
+        for s in range(0, len(order), cfg.batch_size):
+            chunk = [rows[i] for i in order[s : s + cfg.batch_size]]
+            batch = collate_packed(chunk, dtype)
+            # real tokens, not the padding at the end of each row
+            batch["n_tokens"] = torch.tensor(sum(sum(r["seq_lens"]) for r in chunk))
+            batches.append(batch)
+        return batches
     groups = length_grouped_batches(
         lengths_of(run.data.train), cfg.batch_size, seed=cfg.seed + epoch
     )
@@ -81,14 +85,10 @@ def _epoch_batches(run: Run, epoch: int) -> list[dict]:
 
 
 def _count_tokens(batch: dict) -> int:
-    mask = batch.get("attention_mask")
-    if mask is not None and mask.dim() == 2:
-        return int(mask.sum())
-    return (
-        int((batch["labels"] != -100).sum())
-        if batch["input_ids"].dim() == 2
-        else batch["input_ids"].numel()
-    )
+    """Real (non-padding) input tokens of a micro-batch."""
+    if "n_tokens" in batch:
+        return int(batch["n_tokens"])
+    return int(batch["attention_mask"].sum())
 
 
 def _autocast(device: torch.device):

@@ -64,9 +64,14 @@ def test_metrics(run: Run, split: str = "test") -> dict:
     return out
 
 
-def train(config: TrainConfig, log=print, progress: bool = True) -> dict:
-    """Train per `config`; return metrics.json's content. Resumes with config.resume."""
+def train(config: TrainConfig, log=print, progress: bool = True, baseline: bool = False) -> dict:
+    """Train per `config`; return metrics.json's content. Resumes with config.resume.
+
+    baseline: also score the untrained model on the test split first ("test_before"):
+    the base model, with a fresh head for classification (a new adapter changes nothing).
+    """
     run = build(config, log)
+    before = finite(test_metrics(run, "test")) if baseline else None
     state = fit(run, validation_metric, log, progress)
     metrics = {
         "method": config.method,
@@ -89,6 +94,8 @@ def train(config: TrainConfig, log=print, progress: bool = True) -> dict:
         else evaluate_perplexity(run.model, run.data.validation, run.tokenizer.pad_token_id)
     )
     metrics["test"] = finite(test_metrics(run, "test"))
+    if before is not None:
+        metrics["test_before"] = before
     if state.log:
         state.log[-1]["val_metric"] = (
             metrics["validation"].get("accuracy")

@@ -234,6 +234,9 @@ def demo(
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, turning user errors into one line and exit code 2."""
+    from lorakit.quiet import quiet_libraries
+
+    quiet_libraries()
     try:
         app(args=argv, standalone_mode=False)
     except LorakitError as exc:

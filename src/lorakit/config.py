@@ -130,7 +130,11 @@ def _one_line(exc: ValidationError, cls: type[BaseModel]) -> str:
         if err["type"] == "extra_forbidden":
             msg = f"unknown key — valid keys: {', '.join(cls.model_fields)}"
         parts.append(f"{where}: {msg}")
-    return f"invalid {cls.__name__}: " + "; ".join(parts)
+    return (
+        f"invalid {cls.__name__}: "
+        + "; ".join(parts)
+        + " — fix the value in the config file or flag"
+    )
 
 
 class TrainConfig(StrictConfig):

@@ -16,6 +16,7 @@ from datasets import Dataset, DatasetDict
 
 from lorakit.data.split import DEFAULT_FRACTIONS, SplitStats, column, dedupe_and_split
 from lorakit.errors import DataError
+from lorakit.quiet import silenced
 
 # extension -> (datasets builder, extra builder arguments)
 FORMATS: dict[str, tuple[str, dict]] = {
@@ -51,7 +52,9 @@ def read_file(path: str | Path, encoding: str = "utf-8") -> Dataset:
     if _is_blank(path):
         raise DataError(f"{path} is empty — add rows to it, or point to another file")
     try:
-        table = datasets.load_dataset(builder, data_files=str(path), split="train", **extra)
+        # datasets logs its parse failure as an ERROR before raising; we raise our own line
+        with silenced("datasets"):
+            table = datasets.load_dataset(builder, data_files=str(path), split="train", **extra)
     except datasets.exceptions.DatasetGenerationError as exc:
         raise _parse_error(path, builder, encoding, exc) from exc
     except ValueError as exc:

@@ -25,7 +25,7 @@ from lorakit.train.optim import build_optimizer, warmup_cosine
 from lorakit.train.outputs import Board, write_json, write_log_csv
 from lorakit.train.prepare import Prepared, prepare
 from lorakit.train.progress import Progress
-from lorakit.train.setup import apply_method, prepare_output, resolve_device
+from lorakit.train.setup import apply_method, check_output, create_output, resolve_device
 
 
 @dataclass
@@ -43,8 +43,7 @@ class Run:
 
 def build(config: TrainConfig, log=print) -> Run:
     """Output dir, tokenizer, data, model and method, seeded: the same config builds the same run."""
-    out = prepare_output(config)
-    write_json(out / "config.json", config.model_dump(mode="json"))
+    check_output(config)  # nothing is written until the model and data are known to be good
     device = resolve_device(config.device)
     tokenizer = load_tokenizer(model_dir(resolve_model(config.model)), config.task)
     data = prepare(config, tokenizer)
@@ -58,6 +57,8 @@ def build(config: TrainConfig, log=print) -> Run:
     )
     apply_method(model, config)
     model.to(device)
+    out = create_output(config)
+    write_json(out / "config.json", config.model_dump(mode="json"))
     return Run(config, out, model, tokenizer, data, TrainState(), device)
 
 

@@ -17,8 +17,8 @@ from lorakit.lora import inject
 _RESUME_FREE = {"resume", "overwrite", "output", "device", "eval_every", "save_every", "keep_last"}
 
 
-def prepare_output(config: TrainConfig) -> Path:
-    """Create (or, for --resume, check) the run directory. Nothing is deleted without --overwrite."""
+def check_output(config: TrainConfig) -> Path:
+    """Refuse early (before any work) a run that would overwrite or cannot resume."""
     out = Path(config.output)
     saved = out / "config.json"
     if config.resume:
@@ -34,13 +34,18 @@ def prepare_output(config: TrainConfig) -> Path:
                 f"--resume with a different config ({', '.join(changed)}) — resume with the run's own "
                 f"settings (see {saved}) or start a new run in another --output"
             )
-        return out
-    if out.exists() and any(out.iterdir()):
-        if not config.overwrite:
-            raise OutputExistsError(
-                f"{out} already exists — pass --overwrite to replace it, or --resume to continue it"
-            )
-        shutil.rmtree(out)
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
+        raise OutputExistsError(
+            f"{out} already exists — pass --overwrite to replace it, or --resume to continue it"
+        )
+    return out
+
+
+def create_output(config: TrainConfig) -> Path:
+    """Make the run directory, replacing an old one only when --overwrite said so."""
+    out = check_output(config)
+    if not config.resume and out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
 

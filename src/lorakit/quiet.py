@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 
 def quiet_libraries() -> None:
+    # transformers' GGUF loader uses a bare tqdm; tqdm reads TQDM_* at import, so set it first
+    os.environ.setdefault("TQDM_DISABLE", "1")
     import datasets
     from transformers.utils import logging as hf_logging
 

@@ -221,6 +221,119 @@ def inspect(
 
 
 @app.command()
+def compare(
+    config_file: Path | None = typer.Argument(
+        None, help="YAML file of CompareConfig fields; flags override it."
+    ),
+    model: str | None = Opt(None, help="Model every run starts from."),
+    task: str | None = Opt(None, help="classification or causal-lm."),
+    data: str | None = Opt(None, help="tweets, or a data file/directory."),
+    output: str | None = Opt(None, help="Sweep directory (re-run the command to resume it)."),
+    ranks: str | None = Opt(None, help="LoRA ranks, comma-separated (default 1,2,4,8,16,32,64)."),
+    seeds: int | None = Opt(None, help="Repetitions of every run: mean ± std."),
+    seed: int | None = Opt(None, help="First seed."),
+    dora_rank: int | None = Opt(None, help="Rank of the DoRA run."),
+    full: bool | None = Opt(None, "--full/--no-full", help="Include full fine-tuning."),
+    head: bool | None = Opt(None, "--head/--no-head", help="Include a head-only run."),
+    max_steps: int | None = Opt(None, help="Optimizer steps per run."),
+    epochs: float | None = Opt(None, help="Passes over the data per run."),
+    batch_size: int | None = Opt(None, help="Examples per micro-batch."),
+    lr: float | None = Opt(None, help="Learning rate of lora/dora/head runs."),
+    full_lr: float | None = Opt(None, help="Learning rate of full fine-tuning."),
+    alpha: float | None = Opt(None, help="LoRA alpha (default 2*r)."),
+    max_train_samples: int | None = Opt(None, help="Training examples at most."),
+    max_eval_samples: int | None = Opt(None, help="Evaluation examples at most."),
+    text_column: str | None = Opt(None),
+    label_column: str | None = Opt(None),
+    max_length: int | None = Opt(None, help="Tokens per example."),
+    metric: str | None = Opt(None, help="Score the findings rank by."),
+    latency_samples: int | None = Opt(None, help="Test examples timed one at a time."),
+    isolate: bool | None = Opt(
+        None, "--isolate/--in-process", help="Train each run in its own process (default)."
+    ),
+    device: str | None = Opt(None, help="auto, cpu or cuda."),
+    overwrite: bool = Opt(False, "--overwrite", help="Replace a directory of another sweep."),
+    print_config: bool = Opt(False, "--print-config", help="Print the resolved config and exit."),
+) -> None:
+    """LoRA at several ranks and targets vs DoRA, full fine-tuning and head-only → report.md."""
+    flags = {k: v for k, v in locals().items() if k not in ("config_file", "print_config")}
+    flags["include_full"], flags["include_head"] = flags.pop("full"), flags.pop("head")
+    from lorakit.compare import CompareConfig, run_sweep
+    from lorakit.compare.config import resolve
+
+    config = resolve(CompareConfig, config_file, flags)
+    if print_config:
+        _print_yaml(config.model_dump(mode="json"))
+        return
+    results = run_sweep(config)
+    print(f"\n{results['findings']}\n→ {Path(config.output) / 'report.md'}")
+
+
+@app.command("rank-probe")
+def rank_probe(
+    config_file: Path | None = typer.Argument(
+        None, help="YAML file of RankProbeConfig fields; flags override it."
+    ),
+    model: str | None = Opt(None, help="Model to probe."),
+    task: str | None = Opt(None, help="classification or causal-lm."),
+    data: str | None = Opt(None, help="tweets, or a data file/directory."),
+    output: str | None = Opt(None, help="Output directory."),
+    rank: int | None = Opt(None, help="The probe run's (high) rank (default 64)."),
+    targets: str | None = Opt(None, help="all-linear, names (q_proj,v_proj) or a regex."),
+    energy: float | None = Opt(None, help="Share of the update's energy to keep (default 0.9)."),
+    quantile: float | None = Opt(None, help="Share of layers the one r covers (default 0.75)."),
+    pattern: bool | None = Opt(
+        None, "--pattern/--no-pattern", help="Also recommend a per-layer rank_pattern."
+    ),
+    validate_run: bool | None = Opt(
+        None, "--validate/--no-validate", help="Train and score the recommendation (default)."
+    ),
+    max_steps: int | None = Opt(None, help="Optimizer steps per run."),
+    epochs: float | None = Opt(None, help="Passes over the data per run."),
+    batch_size: int | None = Opt(None, help="Examples per micro-batch."),
+    lr: float | None = Opt(None, help="Learning rate."),
+    alpha: float | None = Opt(None, help="LoRA alpha (default 2*r)."),
+    max_train_samples: int | None = Opt(None, help="Training examples at most."),
+    max_eval_samples: int | None = Opt(None, help="Evaluation examples at most."),
+    text_column: str | None = Opt(None),
+    label_column: str | None = Opt(None),
+    max_length: int | None = Opt(None, help="Tokens per example."),
+    seed: int | None = Opt(None, help="Random seed."),
+    device: str | None = Opt(None, help="auto, cpu or cuda."),
+    overwrite: bool = Opt(False, "--overwrite", help="Replace an existing output."),
+    print_config: bool = Opt(False, "--print-config", help="Print the resolved config and exit."),
+) -> None:
+    """Recommend a LoRA rank from a high-rank run's singular values, then validate it."""
+    flags = {k: v for k, v in locals().items() if k not in ("config_file", "print_config")}
+    from lorakit.compare import RankProbeConfig
+    from lorakit.compare import rank_probe as run_probe
+    from lorakit.compare.config import resolve
+
+    config = resolve(RankProbeConfig, config_file, flags)
+    if print_config:
+        _print_yaml(config.model_dump(mode="json"))
+        return
+    result = run_probe(config)
+    rec = result["recommendation"]
+    print(
+        f"\nrecommended r={rec['r']}"
+        + (
+            f" with a rank_pattern for {len(rec['rank_pattern'])} layers"
+            if rec["rank_pattern"]
+            else ""
+        )
+        + f" → {Path(config.output) / 'recommendation.yaml'} (lorakit train that file); "
+        f"report: {Path(config.output) / 'report.md'}"
+    )
+
+
+def _print_yaml(values: dict) -> None:
+    import yaml
+
+    print(yaml.safe_dump(values, sort_keys=False), end="")
+
+
+@app.command()
 def demo(
     output: str = Opt("runs/demo", help="Where the demo's runs go."),
     overwrite: bool = Opt(False, "--overwrite", help="Replace an earlier demo."),

@@ -168,6 +168,9 @@ class TrainConfig(StrictConfig):
     rank_pattern: dict[str, int] | None = Field(
         None, description="Per-module ranks (e.g. from rank-probe)."
     )
+    alpha_pattern: dict[str, float] | None = Field(
+        None, description="Per-module alphas (rank-probe writes them to keep each layer's scaling)."
+    )
     lr: float | None = Field(
         None,
         gt=0,
@@ -231,6 +234,7 @@ class TrainConfig(StrictConfig):
             use_dora=self.method == "dora",
             init=self.init,
             rank_pattern=self.rank_pattern,
+            alpha_pattern=self.alpha_pattern,
             modules_to_save=modules_to_save,
             task_type="SEQ_CLS" if self.task == "classification" else "CAUSAL_LM",
         )

@@ -64,9 +64,7 @@ def test_empty_and_single_class_data(capsys, base, tmp_path):
 
 def test_undecodable_text(capsys, base, tmp_path):
     bad = tmp_path / "latin.csv"
-    bad.write_bytes(
-        b"review,mood\n" + "caf\xe9 ok,pos\nbad caf\xe9,neg\n".encode("latin-1") * 10
-    )
+    bad.write_bytes(b"review,mood\n" + "caf\xe9 ok,pos\nbad caf\xe9,neg\n".encode("latin-1") * 10)
     _fails(capsys, _with(base, data=bad), "encoding")
 
 

@@ -1,0 +1,109 @@
+"""rank-probe: the spectrum math on known matrices, and the command end to end."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from lorakit.cli import main
+from lorakit.compare.rank_probe import (
+    effective_rank,
+    pow2_ceil,
+    recommend,
+    update_singular_values,
+)
+from lorakit.config import TrainConfig
+
+
+@pytest.mark.parametrize("out_f,in_f,r", [(12, 20, 6), (3, 20, 6), (12, 4, 6), (5, 5, 1)])
+def test_singular_values_of_the_update_without_forming_it(out_f, in_f, r):
+    torch.manual_seed(0)
+    A, B = torch.randn(r, in_f), torch.randn(out_f, r)
+    ours = update_singular_values(A, B, scaling=-0.5)
+    direct = torch.linalg.svdvals(-0.5 * B.double() @ A.double())
+    assert torch.allclose(ours, direct[: len(ours)], atol=1e-10)
+    assert torch.all(direct[len(ours) :] < 1e-10)  # the rest is zero: rank <= r
+
+
+def test_a_random_rank_3_update_has_effective_rank_3():
+    torch.manual_seed(1)
+    # r = 16 adapter whose update has rank 3: B = U V with U [24, 3], V [3, 16]
+    B = torch.randn(24, 3) @ torch.randn(3, 16)
+    A = torch.randn(16, 40)
+    s = update_singular_values(A, B, scaling=2.0)
+    assert len(s) == 16 and torch.all(s[3:] < 1e-6 * s[0])  # float32 factors
+    assert effective_rank(s, 0.99) == 3
+    assert effective_rank(s, 1 - 1e-9) == 3  # nothing beyond rank 3
+
+
+def test_effective_rank_of_known_spectra():
+    # s = 3, 2, 1: energy 9, 4, 1 of 14 → top-1 64%, top-2 92.9%, top-3 100%
+    s = torch.tensor([3.0, 2.0, 1.0, 0.0])
+    assert [effective_rank(s, e) for e in (0.5, 0.9, 0.95, 0.99)] == [1, 2, 3, 3]
+    # a flat (identity-like) spectrum needs ceil(e * n) directions
+    flat = torch.ones(16)
+    assert effective_rank(flat, 0.9) == 15 and effective_rank(flat, 0.99) == 16
+    assert effective_rank(torch.ones(10), 0.9) == 9  # exactly 90%: no extra direction
+    # one dominant direction
+    assert effective_rank(torch.tensor([10.0, 0.1, 0.1]), 0.99) == 1
+    assert effective_rank(torch.zeros(4), 0.9) == 0  # a layer that never moved
+
+
+def test_recommendation_rounds_to_powers_of_two():
+    assert [pow2_ceil(x) for x in (0, 1, 2, 3, 4, 4.5, 9, 64)] == [1, 1, 2, 4, 4, 8, 16, 64]
+    ranks = {"a": 1, "b": 2, "c": 3, "d": 5}
+    # 75th percentile of 1, 2, 3, 5 is 3.5 → r = 4; pattern: layers whose own rank differs
+    assert recommend(ranks, max_rank=64, quantile=0.75) == (4, {"a": 1, "b": 2, "d": 8})
+    assert recommend(ranks, max_rank=4, quantile=0.75) == (4, {"a": 1, "b": 2})
+    assert recommend(ranks, max_rank=64, quantile=0.5, pattern=False) == (4, None)
+    assert recommend({"a": 2, "b": 2}, max_rank=64) == (2, None)
+
+
+def test_rank_probe_end_to_end(tmp_path, bert_dir, data_flags, capsys):
+    out = tmp_path / "probe"
+    args = [
+        "rank-probe",
+        *data_flags,
+        "--max-steps",
+        "12",
+        "--lr",
+        "1e-2",
+        "--rank",
+        "8",
+        "--pattern",
+        "--output",
+        str(out),
+    ]
+    assert main(args) == 0
+    assert "recommended r=" in capsys.readouterr().out
+    result = json.loads((out / "rank_probe.json").read_text())
+    layers = result["layers"]
+    assert len(layers) == 2 * 6 + 1  # q, k, v, attention out, intermediate, out; pooler
+    for e in layers:
+        s = torch.tensor(e["singular_values"])
+        assert len(s) == 8 and torch.all(s[:-1] >= s[1:])
+        assert 1 <= e["r90"] <= e["r99"] <= 8
+    rec = result["recommendation"]
+    assert rec["r"] in (1, 2, 4, 8) and rec["alpha"] == 2 * rec["r"]
+    # the YAML is a train config as is: rank_pattern included
+    values = yaml.safe_load((out / "recommendation.yaml").read_text())
+    config = TrainConfig(**values)
+    assert config.r == rec["r"] and config.rank_pattern == rec["rank_pattern"]
+    assert config.model == str(bert_dir) and config.max_steps == 12
+    # validated against the probe run, and the report says so with the same numbers
+    val = result["validation"]
+    assert val["probe_accuracy"] == result["probe"]["accuracy"]
+    assert val["share_of_probe"] == pytest.approx(val["accuracy"] / val["probe_accuracy"])
+    report = (out / "report.md").read_text()
+    assert "## How the recommendation was validated" in report
+    assert f"r={rec['r']} scored test accuracy {val['accuracy']:.4f} against" in report
+    assert f"{val['probe_accuracy']:.4f} at r=8" in report
+    assert (out / "spectra.png").stat().st_size > 0
+    assert (out / f"validate-r{rec['r']}" / "metrics.json").is_file()
+    # the same command again reuses both runs; another one is refused
+    mtime = (out / "probe-r8" / "metrics.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (out / "probe-r8" / "metrics.json").stat().st_mtime_ns == mtime
+    assert main([*args, "--energy", "0.5"]) == 2
+    assert "other settings (energy)" in capsys.readouterr().err

@@ -41,18 +41,26 @@ def read_yaml(path: Path) -> dict:
     return loaded
 
 
-def resolve_train_config(config_file: Path | None, flags: dict) -> TrainConfig:
+def resolve_config(cls, config_file: Path | None, flags: dict, parsers: dict | None = None):
+    """A YAML file of `cls` fields plus command-line flags (flags win) → a validated `cls`.
+
+    Flags left at None are not given; `--resume` / `--overwrite` count only when set.
+    `parsers` turn a flag's string into the field's value (e.g. "1,4,16" → [1, 4, 16]).
+    """
+    parsers = {"targets": parse_targets, **(parsers or {})}
     values = read_yaml(Path(config_file)) if config_file else {}
-    for key, value in flags.items():
-        if value is None or (
-            isinstance(value, bool) and key in ("resume", "overwrite") and not value
-        ):
-            continue
-        values[key] = parse_targets(value) if key == "targets" and isinstance(value, str) else value
     if isinstance(values.get("targets"), str):
         values["targets"] = parse_targets(values["targets"])
+    for key, value in flags.items():
+        if value is None or (key in ("resume", "overwrite") and value is False):
+            continue
+        values[key] = parsers[key](value) if key in parsers and isinstance(value, str) else value
     try:
-        return TrainConfig(**values)
+        return cls(**values)
     except ConfigError as exc:
         where = f" in {config_file}" if config_file else ""
         raise ConfigError(f"{exc}{where}") from None
+
+
+def resolve_train_config(config_file: Path | None, flags: dict) -> TrainConfig:
+    return resolve_config(TrainConfig, config_file, flags)

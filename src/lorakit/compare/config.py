@@ -178,19 +178,6 @@ def parse_ranks(value: str) -> list[int]:
 
 def resolve(cls: type[SharedRunConfig], config_file: Path | None, flags: dict):
     """A YAML file of `cls` fields plus command-line flags (flags win) → a validated config."""
-    from lorakit.yaml_config import parse_targets, read_yaml
+    from lorakit.yaml_config import resolve_config
 
-    values = read_yaml(Path(config_file)) if config_file else {}
-    for key, value in flags.items():
-        if value is None or (key == "overwrite" and not value):
-            continue
-        if key == "ranks" and isinstance(value, str):
-            value = parse_ranks(value)
-        if key == "targets" and isinstance(value, str):
-            value = parse_targets(value)
-        values[key] = value
-    try:
-        return cls(**values)
-    except ConfigError as exc:
-        where = f" in {config_file}" if config_file else ""
-        raise ConfigError(f"{exc}{where}") from None
+    return resolve_config(cls, config_file, flags, {"ranks": parse_ranks})

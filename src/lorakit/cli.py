@@ -47,6 +47,7 @@ def train(
     r: int | None = Opt(None, help="LoRA rank."),
     alpha: float | None = Opt(None, help="LoRA alpha."),
     dropout: float | None = Opt(None, help="LoRA dropout."),
+    model_dropout: float | None = Opt(None, help="Set the model's own dropout layers to this p."),
     targets: str | None = Opt(
         None, help="all-linear, comma-separated names (q_proj,v_proj) or a regex."
     ),

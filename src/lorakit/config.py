@@ -160,6 +160,12 @@ class TrainConfig(StrictConfig):
     r: int = Field(8, gt=0, description="LoRA rank.")
     alpha: float = Field(16, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    model_dropout: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Set every dropout layer of the model to this p (None: as configured).",
+    )
     targets: list[str] | str = Field(
         "all-linear", description="LoRA target_modules (names, regex or all-linear)."
     )

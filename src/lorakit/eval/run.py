@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
 
 from lorakit.data import collate, length_grouped_batches, lengths_of
@@ -63,17 +62,15 @@ def _latency(model, ds: Dataset, pad_id: int, n: int) -> dict:
 
 @torch.no_grad()
 def evaluate_perplexity(model, ds: Dataset, pad_id: int, batch_size: int = 16) -> dict:
+    """Perplexity over the labelled tokens (the LM head runs at those positions only)."""
+    from lorakit.train.loss import causal_lm_loss
+
     model.eval()
     device = next(model.parameters()).device
     nll, tokens = 0.0, 0
     for _, batch in _batches(ds, batch_size, pad_id, device):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[
-            :, :-1
-        ]
-        labels = batch["labels"][:, 1:]
-        keep = labels != IGNORE
-        nll += F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum").item()
-        tokens += int(keep.sum())
+        nll += causal_lm_loss(model, batch, reduction="sum").item()
+        tokens += int((batch["labels"][:, 1:] != IGNORE).sum())
     return {
         "perplexity": perplexity(nll, tokens),
         "eval_loss": nll / max(tokens, 1),

@@ -21,8 +21,8 @@ def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     return (body, head) if body is not None and head is not None else None
 
 
-def causal_lm_loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled positions (labels != -100).
+def causal_lm_loss(model: nn.Module, batch: dict, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over labelled positions (labels != -100); mean or sum.
 
     The decoder body runs on the whole batch, but the LM head (about 20% of a 135M
     model's compute, and a [tokens, vocab] fp32 tensor) only on the positions that have a
@@ -33,12 +33,12 @@ def causal_lm_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     parts = _body_and_head(model)
     if parts is None:  # not a transformers causal LM: fall back to the full forward
-        logits = model(**inputs).logits[:, :-1]
-        return F.cross_entropy(logits[keep].float(), labels[keep])
-    body, head = parts
-    hidden = body(**inputs, use_cache=False)[0][:, :-1]  # [B, T-1, H]
-    logits = head(hidden[keep])  # [N, vocab], N = labelled positions
-    return F.cross_entropy(logits.float(), labels[keep])
+        logits = model(**inputs).logits[:, :-1][keep]
+    else:
+        body, head = parts
+        hidden = body(**inputs, use_cache=False)[0][:, :-1]  # [B, T-1, H]
+        logits = head(hidden[keep])  # [N, vocab], N = labelled positions
+    return F.cross_entropy(logits.float(), labels[keep], reduction=reduction)
 
 
 def loss_fn(task: str):

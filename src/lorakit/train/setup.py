@@ -71,6 +71,11 @@ def head_name(model: nn.Module, task: str) -> str:
 
 def apply_method(model: nn.Module, config: TrainConfig) -> nn.Module:
     """Make exactly the parameters of `config.method` trainable (the fair-comparison switch)."""
+    if config.model_dropout is not None:
+        # Every nn.Dropout of the model; attention implementations read the same modules' p.
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = config.model_dropout
     if config.method in ("lora", "dora"):
         saved = [head_name(model, config.task)] if config.task == "classification" else None
         return inject(model, config.lora_config(modules_to_save=saved))

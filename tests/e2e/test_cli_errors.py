@@ -143,3 +143,11 @@ def test_yaml_and_flags_merge(capsys, tmp_path):
         and resolved["targets"] == ["q_proj", "v_proj"]
     )
     assert json.dumps(resolved)  # plain data
+
+
+def test_eval_unknown_split(capsys, bert_dir, sentiment_csv):
+    _fails(
+        capsys,
+        ["eval", "--model", str(bert_dir), "--data", str(sentiment_csv), "--split", "dev"],
+        "unknown split 'dev'",
+    )

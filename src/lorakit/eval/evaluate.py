@@ -21,9 +21,13 @@ def evaluate(
     max_length: int = 128,
 ) -> dict:
     """Metrics of the model (+ adapter) on `split`; with compare_base, of the base model too."""
+    from lorakit.errors import ConfigError
     from lorakit.train.loop import Run
     from lorakit.train.prepare import prepare
     from lorakit.train.run import test_metrics
+
+    if split not in ("train", "validation", "test"):
+        raise ConfigError(f"unknown split {split!r} — use train, validation or test")
 
     loaded, tokenizer, task, labels = load_for_inference(model, adapter, task)
     config = TrainConfig(
@@ -33,7 +37,7 @@ def evaluate(
         text_column=text_column,
         label_column=label_column,
         max_eval_samples=max_eval_samples,
-        max_train_samples=1,
+        max_train_samples=max_eval_samples if split == "train" else 1,
         max_length=max_length,
     )
     prepared = prepare(config, tokenizer)

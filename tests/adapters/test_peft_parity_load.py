@@ -25,15 +25,6 @@ pytestmark = [  # peft's notes on offline lookups and transformers deprecations,
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and then do not spin against parallel runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(("arch", "variant"), CASES)
 def test_peft_adapter_loads_in_lorakit_with_same_logits(arch, variant, ids, tmp_path):
     pmodel = peft.get_peft_model(base(arch), peft_config(arch, variant, init_lora_weights=False))

@@ -26,15 +26,6 @@ pytestmark = [  # peft's notes on offline lookups and transformers deprecations,
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and then do not spin against parallel runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 PREFIX = "base_model.model."
 
 

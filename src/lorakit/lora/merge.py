@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import nn
 
@@ -40,21 +42,22 @@ def unmerge_layer(layer: LoraLayer, name: str) -> None:
     layer.merged.remove(name)
 
 
-def _untie(model: nn.Module, layer: LoraLayer) -> None:
+def _parameter_owners(model: nn.Module) -> Counter:
+    """How many modules hold each parameter tensor (tied weights are held by two)."""
+    return Counter(id(p) for m in model.modules() for p in m.parameters(recurse=False))
+
+
+def _untie(model: nn.Module, layer: LoraLayer, owners: Counter) -> None:
     """Give `layer` its own copy of a weight it shares (tied embeddings / LM head).
 
     Merging into a shared tensor would silently change the other module too. After
     untying, the model's config says so, so save_pretrained + from_pretrained keep both.
+    `owners` (from _parameter_owners, counted once per merge) is updated in place.
     """
     weight = layer.base_layer.weight
-    shared = any(
-        p is weight
-        for m in model.modules()
-        if m is not layer.base_layer
-        for p in m.parameters(recurse=False)
-    )
-    if not shared:
+    if owners[id(weight)] <= 1:
         return
+    owners[id(weight)] -= 1
     layer.base_layer.weight = nn.Parameter(
         weight.detach().clone(), requires_grad=weight.requires_grad
     )
@@ -75,10 +78,11 @@ def merge(model: nn.Module, adapter: str | None = None) -> None:
     _check_known(model, names)
     if not names:
         raise ConfigError("no adapter to merge — pass adapter=... or set_adapter() first")
+    owners = _parameter_owners(model)
     for layer in lora_layers(model).values():
         for name in names:
             if name in layer.adapters and name not in layer.merged:
-                _untie(model, layer)
+                _untie(model, layer, owners)
                 merge_layer(layer, name)
 
 

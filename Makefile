@@ -30,12 +30,12 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests $(wildcard benchmarks)
-	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
+	$(BIN)/ruff check src tests $(wildcard benchmarks examples)
+	$(BIN)/ruff format --check src tests $(wildcard benchmarks examples)
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix src tests $(wildcard benchmarks)
-	$(BIN)/ruff format src tests $(wildcard benchmarks)
+	$(BIN)/ruff check --fix src tests $(wildcard benchmarks examples)
+	$(BIN)/ruff format src tests $(wildcard benchmarks examples)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

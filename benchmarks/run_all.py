@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ["train_minilm.py", "per_row.py"]
+SCRIPTS = ["train_minilm.py", "per_row.py", "serve_load.py"]
 
 if __name__ == "__main__":
     failed = 0

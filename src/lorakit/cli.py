@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from lorakit.errors import LorakitError
+from lorakit.errors import ConfigError, LorakitError
 
 app = typer.Typer(
     add_completion=False,
@@ -289,6 +289,9 @@ def rank_probe(
     validate_run: bool | None = Opt(
         None, "--validate/--no-validate", help="Train and score the recommendation (default)."
     ),
+    against: str | None = Opt(
+        None, help="A lorakit compare output dir: place the recommendation among its ranks."
+    ),
     max_steps: int | None = Opt(None, help="Optimizer steps per run."),
     epochs: float | None = Opt(None, help="Passes over the data per run."),
     batch_size: int | None = Opt(None, help="Examples per micro-batch."),
@@ -326,6 +329,63 @@ def rank_probe(
         + f" → {Path(config.output) / 'recommendation.yaml'} (lorakit train that file); "
         f"report: {Path(config.output) / 'report.md'}"
     )
+
+
+@app.command()
+def serve(
+    config_file: Path | None = typer.Argument(
+        None, help="YAML file of ServeConfig fields; flags override it."
+    ),
+    model: str | None = Opt(None, help="The causal LM (default smollm2-135m)."),
+    adapter: list[str] | None = Opt(None, help="NAME=DIR, a generation adapter (repeatable)."),
+    classifier: str | None = Opt(None, help="A classification model for /v1/classify."),
+    classifier_adapter: list[str] | None = Opt(
+        None, help="NAME=DIR, a classification adapter (repeatable)."
+    ),
+    host: str | None = Opt(None, help="Interface (default 127.0.0.1)."),
+    port: int | None = Opt(None, help="Port (default 8000; 0 = any free port)."),
+    adapter_dir: list[str] | None = Opt(
+        None, help="Directory runtime-loaded adapters may come from (repeatable)."
+    ),
+    max_batch_size: int | None = Opt(None, help="Sequences decoded together (default 32)."),
+    max_queue: int | None = Opt(None, help="Waiting requests before 429 (default 256)."),
+    max_tokens_cap: int | None = Opt(None, help="Largest max_tokens allowed (default 1024)."),
+    max_prompt_tokens: int | None = Opt(None, help="Longest prompt in tokens (default 4096)."),
+    max_body_bytes: int | None = Opt(None, help="Largest request body (default 1 MB)."),
+    api_key_env: str | None = Opt(
+        None, help="Env variable holding the API key (default LORAKIT_API_KEY)."
+    ),
+    served_model_name: str | None = Opt(None, help="The base model's id in the API."),
+    page: str | None = Opt(None, help="An HTML file to serve at /."),
+    device: str | None = Opt(None, help="auto, cpu or cuda."),
+    print_config: bool = Opt(False, "--print-config", help="Print the resolved config and exit."),
+) -> None:
+    """An OpenAI-compatible server: one base model, many adapters, batched together."""
+    flags = {k: v for k, v in locals().items() if k not in ("config_file", "print_config")}
+    from lorakit.serve.config import ServeConfig
+    from lorakit.serve.run import serve as run_server
+    from lorakit.yaml_config import resolve_config
+
+    flags["adapters"] = _pairs(flags.pop("adapter"), "--adapter")
+    flags["classifier_adapters"] = _pairs(flags.pop("classifier_adapter"), "--classifier-adapter")
+    flags["adapter_dirs"] = flags.pop("adapter_dir") or None
+    config = resolve_config(ServeConfig, config_file, flags)
+    if print_config:
+        _print_yaml(config.model_dump(mode="json"))
+        return
+    run_server(config)
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, str] | None:
+    if not values:
+        return None
+    pairs = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"{flag} takes NAME=DIR, got {value!r}")
+        pairs[name] = path
+    return pairs
 
 
 def _print_yaml(values: dict) -> None:

@@ -107,3 +107,54 @@ def test_rank_probe_end_to_end(tmp_path, bert_dir, data_flags, capsys):
     assert (out / "probe-r8" / "metrics.json").stat().st_mtime_ns == mtime
     assert main([*args, "--energy", "0.5"]) == 2
     assert "other settings (energy)" in capsys.readouterr().err
+
+
+def _sweep(tmp_path, scores: dict[int, float], metric="accuracy", targets="all-linear"):
+    summary = [
+        {"method": "lora", "targets": targets, "r": r, metric: v, "group": f"lora-{targets}-r{r}"}
+        for r, v in scores.items()
+    ]
+    summary.append({"method": "full", "targets": "", "r": None, metric: 0.99, "group": "full"})
+    summary.append({"method": "lora", "targets": "attention", "r": 2, metric: 0.99, "group": "x"})
+    sets = {"attention": ["query", "value"], "all-linear": "all-linear"}
+    (tmp_path / "results.json").write_text(json.dumps({"target_sets": sets, "summary": summary}))
+    return tmp_path
+
+
+def test_recommendation_is_checked_against_a_sweep(tmp_path):
+    from lorakit.compare.probe_check import check_against_sweep, check_sentence
+
+    sweep = _sweep(tmp_path, {1: 0.60, 2: 0.70, 4: 0.745, 8: 0.75, 16: 0.74})
+    agree = check_against_sweep(sweep, "all-linear", 4, "accuracy")
+    # best 0.75 at r=8; 99% of it is 0.7425: r=4 (0.745) is the smallest rank that reaches it
+    assert (agree["best_r"], agree["smallest_r_within_99"], agree["agrees"]) == (8, 4, True)
+    assert abs(agree["share_of_best"] - 0.745 / 0.75) < 1e-12
+    assert "agrees" in check_sentence(agree) and "r=4 scored accuracy 0.7450" in check_sentence(
+        agree
+    )
+    low = check_against_sweep(sweep, "all-linear", 2, "accuracy")
+    assert not low["agrees"] and "disagrees" in check_sentence(low)
+    missing = check_against_sweep(sweep, "all-linear", 32, "accuracy")
+    assert missing["score_at_r"] is None and "did not train r=32" in check_sentence(missing)
+    # the other target set is matched by its module list; other sets' runs are not mixed in
+    att = check_against_sweep(sweep, ["query", "value"], 2, "accuracy")
+    assert att["scores"] == {"2": 0.99}
+
+
+def test_perplexity_check_prefers_lower(tmp_path):
+    from lorakit.compare.probe_check import check_against_sweep
+
+    sweep = _sweep(tmp_path, {2: 12.0, 8: 10.0, 32: 10.05}, metric="perplexity")
+    check = check_against_sweep(sweep, "all-linear", 32, "perplexity")
+    assert check["best_r"] == 8 and check["agrees"] and check["smallest_r_within_99"] == 8
+
+
+def test_against_errors_are_one_line(tmp_path):
+    from lorakit.compare.probe_check import check_against_sweep
+    from lorakit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no results.json"):
+        check_against_sweep(tmp_path, "all-linear", 4, "accuracy")
+    sweep = _sweep(tmp_path, {4: 0.7})
+    with pytest.raises(ConfigError, match="no LoRA target set"):
+        check_against_sweep(sweep, ["q_proj"], 4, "accuracy")

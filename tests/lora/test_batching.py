@@ -10,6 +10,7 @@ from tiny_models import (
     tiny_gpt2,
     tiny_llama,
     tiny_mlp,
+    tiny_opt,
 )
 
 TARGETS = [["q_proj", "v_proj"], "all-linear", ["q_proj", "embed_tokens"], ["o_proj", "up_proj"]]
@@ -60,7 +61,7 @@ def test_rows_differ_by_adapter_and_base_rows_are_base():
     assert torch.allclose(out[2], logits(tiny_llama(), ids[:1])[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("factory", [tiny_gpt2, tiny_mlp])
+@pytest.mark.parametrize("factory", [tiny_gpt2, tiny_opt, tiny_mlp])
 def test_conv1d_and_plain_modules(factory):
     model = _many(factory, 3, targets="all-linear")
     ids = torch.randint(3, VOCAB, (4, 5))
@@ -120,3 +121,39 @@ def test_bank_is_rebuilt_after_weights_change():
         second = logits(model, ids)
     assert torch.allclose(first[0], second[0]) and not torch.allclose(first[1], second[1])
     assert torch.allclose(second[1], _alone(model, "a1", ids[1:2])[0], atol=1e-5)
+
+
+def test_grouped_and_gathered_kernels_agree(monkeypatch):
+    """grouped_mm (fast path) and gather + bmm (fallback) give the same rows."""
+    from lorakit.lora import batching
+
+    assert batching._grouped_mm is not None  # torch 2.13 has it on CPU: the fast path is real
+    model = _many(tiny_llama, 6, dora_every=3)
+    names = ["a3", None, "a0", "a3", "a5", "a1", "a2", "a4"]
+    ids = torch.randint(3, VOCAB, (len(names), 5))
+    calls = []
+    real = batching._grouped_mm
+    monkeypatch.setattr(batching, "_grouped_mm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with lorakit.adapter_per_row(model, names):
+        grouped = logits(model, ids)
+    assert calls
+    monkeypatch.setattr(batching, "_grouped_mm", None)
+    with lorakit.adapter_per_row(model, names):
+        gathered = logits(model, ids)
+    assert torch.allclose(grouped, gathered, atol=1e-5)
+    assert not torch.allclose(grouped[0], grouped[1], atol=1e-3)
+
+
+def test_bank_follows_replaced_and_deleted_adapters():
+    model = _many(tiny_llama, 3, targets=["q_proj", "v_proj"])
+    ids = torch.randint(3, VOCAB, (2, 4))
+    with lorakit.adapter_per_row(model, ["a1", "a2"]):
+        logits(model, ids)
+    layer = model.model.layers[0].self_attn.q_proj
+    layer.adapters["a1"].B = torch.nn.Parameter(torch.randn_like(layer.adapters["a1"].B))
+    lorakit.delete_adapter(model, "a0")
+    with lorakit.adapter_per_row(model, ["a1", "a2"]):
+        batched = logits(model, ids)
+    assert layer.__dict__["_bank"].names == ("a1", "a2")
+    for i, name in enumerate(["a1", "a2"]):
+        assert torch.allclose(batched[i], _alone(model, name, ids[i : i + 1])[0], atol=1e-5)

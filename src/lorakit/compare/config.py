@@ -161,6 +161,11 @@ class RankProbeConfig(SharedRunConfig):
     validate_run: bool = Field(
         True, description="Train the recommendation and score it against the probe run."
     )
+    against: str | None = Field(
+        None,
+        description="A `lorakit compare` output directory: the report also places the "
+        "recommended rank among that sweep's measured ranks.",
+    )
 
 
 # Fields of the two subclasses that are not TrainConfig fields.

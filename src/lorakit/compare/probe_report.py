@@ -104,6 +104,7 @@ def _markdown(config, result: dict, validated: str) -> str:
         "",
         validated,
         "",
+        *_against_lines(result.get("against_sweep")),
         "## Per layer",
         "",
         "Effective rank: the smallest k whose top-k singular values of scaling·B·A hold the "
@@ -120,3 +121,19 @@ def _markdown(config, result: dict, validated: str) -> str:
         )
     lines += ["", "![singular value spectra](spectra.png)", ""]
     return "\n".join(lines)
+
+
+def _against_lines(check: dict | None) -> list[str]:
+    if check is None:
+        return []
+    from lorakit.compare.probe_check import check_sentence
+
+    scores = " · ".join(f"r={k}: {v:.4f}" for k, v in check["scores"].items())
+    return [
+        "## Checked against the sweep",
+        "",
+        check_sentence(check),
+        "",
+        f"Sweep {check['metric']} by rank ({check['targets']}): {scores}.",
+        "",
+    ]

@@ -16,6 +16,7 @@ import torch
 
 from lorakit.compare.config import RankProbeConfig
 from lorakit.config import TrainConfig
+from lorakit.errors import ConfigError
 from lorakit.eval.measure import percentile
 
 CONFIG_FILE = "rank_probe_config.json"
@@ -88,6 +89,10 @@ def rank_probe(config: RankProbeConfig, log: Callable[[str], None] = print) -> d
     # Model, targets and data are checked before anything is written.
     resolve_target_sets(config.model, config.task, {"targets": config.targets})
     probe_inputs(probe_cfg, 1)
+    if config.against and not (Path(config.against) / "results.json").is_file():
+        raise ConfigError(
+            f"--against {config.against}: no results.json there — run lorakit compare first"
+        )
     open_output(out, CONFIG_FILE, config.model_dump(mode="json"), config.overwrite)
 
     log(f"probe: LoRA r={config.rank} on {config.targets}")
@@ -129,6 +134,11 @@ def rank_probe(config: RankProbeConfig, log: Callable[[str], None] = print) -> d
         log(f"validation: LoRA r={r}, same data, steps and seed")
         val_metrics, _ = train_or_reuse(rec_cfg, overwrite=config.overwrite, log=log)
         validation = _compare(metric, probe_metrics, val_metrics)
+    against = None
+    if config.against:
+        from lorakit.compare.probe_check import check_against_sweep
+
+        against = check_against_sweep(config.against, config.targets, r, metric)
     result = {
         "config": config.model_dump(mode="json"),
         "metric": metric,
@@ -141,6 +151,7 @@ def rank_probe(config: RankProbeConfig, log: Callable[[str], None] = print) -> d
             "alpha_pattern": fields.get("alpha_pattern"),
         },
         "validation": validation,
+        "against_sweep": against,
     }
     from lorakit.compare.probe_report import write_probe_outputs
 

@@ -80,6 +80,12 @@ def render_chat(tokenizer, messages: list[dict]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a prompt. A chat template already writes the special tokens, so they are
+    added only for models without one."""
+    return tokenizer(prompt, add_special_tokens=not tokenizer.chat_template)["input_ids"]
+
+
 def stream(
     model,
     tokenizer,
@@ -92,8 +98,8 @@ def stream(
     """Yield the completion of `prompt` piece by piece as tokens are generated."""
     from transformers import TextIteratorStreamer
 
-    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=not tokenizer.chat_template)
-    enc = enc.to(next(model.parameters()).device)
+    ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=next(model.parameters()).device)
+    enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     if seed is not None:
         torch.manual_seed(seed)

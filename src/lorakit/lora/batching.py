@@ -1,44 +1,105 @@
 """Many adapters in one forward: row i of the batch uses adapter names[i] (None = base).
 
-Each LoRA layer's adapters are stacked into a *bank* (slot 0 = zeros for base rows,
-ranks zero-padded to the largest): A_bank [S, r_max, in], B_bank [S, out, r_max] with
-the scaling folded in. A forward gathers each row's slot and runs two batched matmuls;
-there is no Python loop over adapters or sub-batches. Banks are cached per layer and
-rebuilt only when the slot list or an adapter tensor changes (tracked by tensor version).
+Each LoRA layer stacks all its adapters into a *bank* (ranks zero-padded to the largest,
+scaling folded into B): A [S, in, r_max] and B [S, r_max, out]. A forward picks the rows
+that have an adapter on this layer, sorts them by bank slot and runs one *grouped* matmul
+per factor (`torch.nn.functional.grouped_mm`): every adapter's weights are read once,
+whatever the number of rows that use it, and nothing is copied per row. Where grouped_mm
+is unavailable (older torch, gradients, dtypes/strides it refuses) the same bank is used
+by gathering each row's slot and two batched matmuls.
+
+Banks are cached per layer and rebuilt only when the layer's adapters change: another
+set of names, a replaced tensor, or an in-place update (tracked by tensor version). The
+check is a flat walk of the adapters' parameter dicts, cheap enough for every step.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lorakit.errors import AdapterNotFoundError, ConfigError
 from lorakit.lora.layer import LoraLayer
 from lorakit.lora.saved_module import ModulesToSave
 
+_grouped_mm = getattr(F, "grouped_mm", None)
+_GROUPED_FAILED: set[tuple[str, torch.dtype]] = set()  # (device type, dtype) it refused
 
-@dataclass(frozen=True)
+
+@dataclass
+class Group:
+    """The rows of one step that have an adapter on a layer whose bank holds `names`."""
+
+    rows: torch.Tensor  # [n] batch rows, sorted by slot
+    slot: torch.Tensor  # [n] each row's bank slot
+    ends: torch.Tensor  # [S] int32 cumulative row counts per slot (grouped_mm's offs, seq=1)
+
+
+@dataclass
 class RowPlan:
-    slots: tuple[str | None, ...]  # slot 0 is None (base)
-    index: torch.Tensor  # [batch] slot of each row
+    names: tuple[str | None, ...]  # adapter of each row
+    slots: tuple[str | None, ...]  # distinct names, slot 0 = None (base): for ModulesToSave
+    index: torch.Tensor  # [batch] slot of each row in `slots`
+    groups: dict = field(default_factory=dict)  # (bank names, device) -> Group
+
+    def group(self, bank_names: tuple[str, ...], device: torch.device) -> Group:
+        key = (bank_names, device)
+        cached = self.groups.get(key)
+        if cached is None:
+            cached = self.groups[key] = _group(self.names, bank_names, device)
+        return cached
 
 
 @dataclass
 class Bank:
-    key: tuple
-    A: torch.Tensor  # [S, r_max, in]; embeddings: [S, in, r_max] for gathering by token id
-    B: torch.Tensor  # [S, out, r_max], scaling folded in
+    stamp: tuple
+    names: tuple[str, ...]
+    A: torch.Tensor  # [S, in, r_max]; embeddings: [S, vocab, r_max] (gathered by token id)
+    B: torch.Tensor  # [S, r_max, out], scaling folded in
     dora: torch.Tensor | None  # [S, out] DoRA's m / ||W'||, 1 for plain slots; None if no DoRA
+    grouped: bool  # shapes grouped_mm accepts: every row stride a multiple of 16 bytes
 
 
-def plan_rows(model: nn.Module, names: Sequence[str | None]) -> RowPlan:
-    from lorakit.lora.manage import list_adapters  # manage imports this module
+def _group(names, bank_names, device) -> Group:
+    pos = {n: i for i, n in enumerate(bank_names)}
+    pairs = sorted((pos[n], row) for row, n in enumerate(names) if n in pos)
+    counts = [0] * len(bank_names)
+    for slot, _ in pairs:
+        counts[slot] += 1
+    ends, total = [], 0
+    for c in counts:
+        total += c
+        ends.append(total)
+    return Group(
+        rows=torch.tensor([r for _, r in pairs], dtype=torch.long, device=device),
+        slot=torch.tensor([s for s, _ in pairs], dtype=torch.long, device=device),
+        ends=torch.tensor(ends, dtype=torch.int32, device=device),
+    )
 
-    known = set(list_adapters(model))
+
+def lora_modules(model: nn.Module) -> list[nn.Module]:
+    """LoraLayer and ModulesToSave modules, without walking into their adapters (which can
+    be thousands of modules with many adapters loaded)."""
+    found, stack = [], [model]
+    while stack:
+        module = stack.pop()
+        if isinstance(module, LoraLayer | ModulesToSave):
+            found.append(module)
+            continue
+        stack.extend(module._modules.values())
+    return [m for m in found if m is not None]
+
+
+def plan_rows(model: nn.Module, names: Sequence[str | None], layers=None) -> RowPlan:
+    layers = lora_modules(model) if layers is None else layers
+    known: set[str] = set()
+    for m in layers:
+        known.update(m.adapters if isinstance(m, LoraLayer) else m.copies)
     slots: list[str | None] = [None]
     for name in names:
         if name is not None and name not in known:
@@ -48,7 +109,7 @@ def plan_rows(model: nn.Module, names: Sequence[str | None]) -> RowPlan:
         if name not in slots:
             slots.append(name)
     index = torch.tensor([slots.index(n) for n in names], dtype=torch.long)
-    return RowPlan(tuple(slots), index)
+    return RowPlan(tuple(names), tuple(slots), index)
 
 
 @contextlib.contextmanager
@@ -57,78 +118,117 @@ def adapter_per_row(model: nn.Module, names: Sequence[str | None]) -> Iterator[N
 
     Overrides the active adapters for the duration; merged adapters must be unmerged first.
     """
-    plan = plan_rows(model, list(names))
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer | ModulesToSave)]
+    layers = lora_modules(model)
+    plan = plan_rows(model, list(names), layers)
     merged = {n for m in layers if isinstance(m, LoraLayer) for n in m.merged}
     if merged:
         raise ConfigError(
             f"adapter_per_row needs unmerged adapters, but {sorted(merged)} are merged — call unmerge(model)"
         )
-    previous = [m.rows for m in layers]
+    # `rows` is a plain attribute: writing __dict__ skips nn.Module.__setattr__'s checks,
+    # which matter at one context per decode step.
+    previous = [m.__dict__["rows"] for m in layers]
     for m in layers:
-        m.rows = plan
+        m.__dict__["rows"] = plan
     try:
         yield
     finally:
         for m, rows in zip(layers, previous, strict=True):
-            m.rows = rows
+            m.__dict__["rows"] = rows
 
 
 def per_row_forward(layer: LoraLayer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     result = layer.base_layer(x, *args, **kwargs)
-    plan = layer.rows
-    if layer.disabled or len(plan.slots) == 1:
+    plan: RowPlan = layer.rows
+    if layer.disabled or not layer.adapters:
         return result
-    batch = x.shape[0]
-    if batch != plan.index.numel():
+    batch = len(plan.names)
+    # Some models flatten [batch, seq, hidden] to [batch*seq, hidden] before a layer (OPT's
+    # MLP); batch-major flattening keeps each row's tokens together, so it is accepted.
+    flattened = x.dim() == 2 and layer.kind != "embedding" and x.shape[0] % batch == 0
+    if x.shape[0] != batch and not flattened:
         raise ConfigError(
-            f"adapter_per_row was given {plan.index.numel()} names but the batch has {batch} rows"
+            f"adapter_per_row was given {batch} names but the batch has {x.shape[0]} rows"
         )
-    bank = _bank(layer, plan.slots)
-    index = plan.index.to(x.device)
-    B = bank.B[index].transpose(1, 2)  # [batch, r_max, out]
+    bank = _bank(layer)
+    group = plan.group(bank.names, x.device)
+    n = group.rows.numel()
+    if n == 0:
+        return result
+    out_rows = result.reshape(batch, -1, result.shape[-1])  # [batch, seq, out]
+    seq = out_rows.shape[1]
     if layer.kind == "embedding":
-        ids = x.reshape(batch, -1)
-        h = bank.A[index[:, None], ids]  # [batch, seq, r_max]
+        ids = x.reshape(batch, -1).index_select(0, group.rows)  # [n, seq]
+        h = bank.A[group.slot[:, None], ids]  # [n, seq, r_max]
+        delta = torch.bmm(h, bank.B.index_select(0, group.slot))  # [n, seq, out]
     else:
-        x3 = x.reshape(batch, -1, x.shape[-1])  # [batch, seq, in]
-        h = torch.bmm(x3.to(bank.A.dtype), bank.A[index].transpose(1, 2))  # [batch, seq, r_max]
-    delta = torch.bmm(h, B)  # [batch, seq, out]
+        xs = x.reshape(batch, seq, -1).index_select(0, group.rows).to(bank.A.dtype)
+        delta = _lora_delta(xs, bank, group, seq)  # [n, seq, out]
     if bank.dora is not None:
-        scale = bank.dora[index][:, None, :]  # [batch, 1, out]
+        scale = bank.dora.index_select(0, group.slot)[:, None, :]  # [n, 1, out]
         bias = getattr(layer.base_layer, "bias", None)
-        base = (result if bias is None else result - bias).reshape(delta.shape).to(delta.dtype)
+        base = out_rows.index_select(0, group.rows)
+        base = (base if bias is None else base - bias).to(delta.dtype)
         delta = (scale - 1) * base + scale * delta
-    return result + delta.reshape(result.shape).to(result.dtype)
+    flat = out_rows.reshape(batch, -1)
+    updated = flat.index_add(0, group.rows, delta.reshape(n, -1).to(result.dtype))
+    return updated.view(result.shape)
 
 
-def _bank(layer: LoraLayer, slots: tuple[str | None, ...]) -> Bank:
-    present = [(s, layer.adapters[n]) for s, n in enumerate(slots) if n in layer.adapters]
-    tensors = [t for _, ad in present for t in ad.parameters()] + [layer.base_layer.weight]
-    key = (slots, tuple((id(t), t._version) for t in tensors))
+def _lora_delta(xs: torch.Tensor, bank: Bank, group: Group, seq: int) -> torch.Tensor:
+    """B_slot @ A_slot @ x for every row, x: [n, seq, in] sorted by slot -> [n, seq, out]."""
+    n, _, n_in = xs.shape
+    key = (xs.device.type, xs.dtype)
+    grads = torch.is_grad_enabled() and (xs.requires_grad or bank.A.requires_grad)
+    if bank.grouped and _grouped_mm is not None and not grads and key not in _GROUPED_FAILED:
+        ends = group.ends if seq == 1 else group.ends * seq
+        try:
+            h = _grouped_mm(xs.reshape(n * seq, n_in), bank.A, offs=ends)
+            return _grouped_mm(h, bank.B, offs=ends).view(n, seq, -1)
+        except RuntimeError:  # a dtype/device this torch has no grouped kernel for
+            _GROUPED_FAILED.add(key)
+    h = torch.bmm(xs, bank.A.index_select(0, group.slot))  # [n, seq, r_max]
+    return torch.bmm(h, bank.B.index_select(0, group.slot))
+
+
+def _stamp(layer: LoraLayer) -> tuple:
+    """What the bank depends on: adapter names, each tensor's identity and version."""
+    parts: list = [id(layer.base_layer.weight), layer.base_layer.weight._version]
+    for name, ad in layer.adapters._modules.items():
+        parts.append(name)
+        for p in ad._parameters.values():
+            if p is not None:
+                parts += (id(p), p._version)
+    return tuple(parts)
+
+
+def _bank(layer: LoraLayer) -> Bank:
+    stamp = _stamp(layer)
     cached: Bank | None = layer.__dict__.get("_bank")
-    if cached is not None and cached.key == key:
+    if cached is not None and cached.stamp == stamp:
         return cached
+    layer.__dict__.pop("_bank", None)  # free the old bank before building the new one
     with torch.no_grad():
-        bank = _build_bank(layer, slots, present, key)
+        bank = _build_bank(layer, stamp)
     layer.__dict__["_bank"] = bank  # plain attribute: not a buffer, never saved
     return bank
 
 
-def _build_bank(layer: LoraLayer, slots, present, key) -> Bank:
-    r_max = max((ad.r for _, ad in present), default=1)
-    ref = present[0][1].A if present else layer.weight_linear
+def _build_bank(layer: LoraLayer, stamp: tuple) -> Bank:
+    adapters = list(layer.adapters.items())
+    # A multiple of 8: grouped_mm needs 16-byte strides, which bf16 reaches at 8.
+    r_max = -(-max(ad.r for _, ad in adapters) // 8) * 8
+    ref = adapters[0][1].A
     n_in, n_out = layer.in_features, layer.out_features
-    A = ref.new_zeros(len(slots), r_max, n_in)
-    B = ref.new_zeros(len(slots), n_out, r_max)
-    any_dora = any(ad.use_dora for _, ad in present)
-    dora = ref.new_ones(len(slots), n_out) if any_dora else None
+    A = ref.new_zeros(len(adapters), n_in, r_max)
+    B = ref.new_zeros(len(adapters), r_max, n_out)
+    any_dora = any(ad.use_dora for _, ad in adapters)
+    dora = ref.new_ones(len(adapters), n_out) if any_dora else None
     W = layer.weight_linear
-    for slot, ad in present:
-        A[slot, : ad.r] = ad.A
-        B[slot, :, : ad.r] = ad.B * ad.scaling
+    for slot, (_, ad) in enumerate(adapters):
+        A[slot, :, : ad.r] = ad.A.T
+        B[slot, : ad.r] = (ad.B * ad.scaling).T
         if ad.use_dora:
             dora[slot] = ad.magnitude / ad.dora_norm(W).to(ad.magnitude.dtype)
-    if layer.kind == "embedding":
-        A = A.transpose(1, 2).contiguous()  # [S, vocab, r_max]
-    return Bank(key, A, B, dora)
+    grouped = all(d * A.element_size() % 16 == 0 for d in (n_in, r_max, n_out))
+    return Bank(stamp, tuple(name for name, _ in adapters), A, B, dora, grouped)

@@ -1,0 +1,1 @@
+"""`lorakit serve`: an OpenAI-compatible server for one base model and many adapters."""

@@ -1,0 +1,371 @@
+"""The FastAPI app: OpenAI's routes over a LanguageModel (+ optional Classifier)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from lorakit.errors import ConfigError
+from lorakit.eval.infer import encode_prompt, render_chat
+from lorakit.serve import errors
+from lorakit.serve.config import ServeConfig
+from lorakit.serve.engine import Event, QueueFull
+from lorakit.serve.engine import Request as GenRequest
+from lorakit.serve.errors import ApiError
+from lorakit.serve.metrics import Metrics
+from lorakit.serve.models import Catalog, Classifier, LanguageModel
+from lorakit.serve.schemas import (
+    ChatRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    LoadAdapterRequest,
+    UnloadAdapterRequest,
+)
+from lorakit.serve.security import BodyLimit, allowed_path, check_key
+
+SSE = "text/event-stream"
+
+
+class Server:
+    """Everything behind the routes, built once at start (models loaded, adapters checked)."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.metrics = Metrics()
+        self.catalog = Catalog()
+        self.key = os.environ.get(config.api_key_env) or None
+        self.roots = [Path(d).expanduser().resolve() for d in config.adapter_dirs]
+        for root in self.roots:
+            if not root.is_dir():
+                raise ConfigError(f"--adapter-dir {root} is not a directory")
+        if config.page and not Path(config.page).is_file():
+            raise ConfigError(f"--page {config.page} is not a file")
+        if config.classifier_adapters and not config.classifier:
+            raise ConfigError("--classifier-adapter needs --classifier MODEL")
+        self.lm = LanguageModel(
+            config.model,
+            config.device,
+            self.catalog,
+            max_batch_size=config.max_batch_size,
+            max_queue=config.max_queue,
+            on_step=self.metrics.on_step,
+        )
+        if config.served_model_name:
+            self.catalog.entries[config.served_model_name] = self.catalog.entries.pop(self.lm.id)
+            self.catalog.entries[config.served_model_name].id = config.served_model_name
+            self.lm.id = config.served_model_name
+        for name, path in config.adapters.items():
+            self.lm.add_adapter(name, path)
+        self.classifier = (
+            Classifier(config.classifier, config.device, self.catalog, config.classifier_adapters)
+            if config.classifier
+            else None
+        )
+        self._count_adapters()
+
+    def _count_adapters(self) -> None:
+        self.metrics.adapters.set(sum(e.parent is not None for e in self.catalog.entries.values()))
+
+    def close(self) -> None:
+        self.lm.engine.close()
+
+    # -- generation ----------------------------------------------------------------------------
+    def request(self, body, prompt: str) -> GenRequest:
+        adapter = self.lm.adapter_of(body.model)
+        ids = encode_prompt(self.lm.tokenizer, prompt)
+        cfg = self.config
+        if len(ids) > cfg.max_prompt_tokens:
+            raise ApiError(
+                400,
+                f"the prompt has {len(ids)} tokens; this server takes at most {cfg.max_prompt_tokens}",
+                "context_length_exceeded",
+                "messages" if isinstance(body, ChatRequest) else "prompt",
+            )
+        room = self.lm.context - len(ids)
+        asked = body.max_completion_tokens or body.max_tokens
+        if asked is not None and asked > cfg.max_tokens_cap:
+            raise ApiError(
+                400,
+                f"max_tokens is {asked}; this server allows at most {cfg.max_tokens_cap}",
+                "max_tokens_too_large",
+                "max_tokens",
+            )
+        if room < 1 or (asked is not None and asked > room):
+            raise ApiError(
+                400,
+                f"prompt ({len(ids)} tokens) + max_tokens ({asked}) exceeds the model's context of "
+                f"{self.lm.context} tokens",
+                "context_length_exceeded",
+                "max_tokens",
+            )
+        return GenRequest(
+            prompt_ids=ids,
+            adapter=adapter,
+            max_tokens=asked or min(cfg.max_tokens_cap, room),
+            emit=lambda event: None,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=body.stops(),
+        )
+
+    def submit(self, req: GenRequest) -> asyncio.Queue:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        req.emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+        try:
+            self.lm.engine.submit(req)
+        except QueueFull as exc:
+            raise ApiError(429, str(exc), "queue_full") from None
+        self._update_load()
+        return events
+
+    def _update_load(self) -> None:
+        waiting, running = self.lm.engine.load()
+        self.metrics.queue_depth.set(waiting)
+        self.metrics.running.set(running)
+
+    def finished(self, event: Event) -> None:
+        self.metrics.prompt_tokens.inc(event.prompt_tokens)
+        self.metrics.generated_tokens.inc(event.completion_tokens)
+        self._update_load()
+
+
+def _usage(event: Event) -> dict:
+    return {
+        "prompt_tokens": event.prompt_tokens,
+        "completion_tokens": event.completion_tokens,
+        "total_tokens": event.prompt_tokens + event.completion_tokens,
+    }
+
+
+async def _events(server: Server, req: GenRequest, events: asyncio.Queue) -> AsyncIterator[Event]:
+    try:
+        while True:
+            event: Event = await events.get()
+            if event.finish_reason == "error":
+                raise ApiError(503, event.error or "generation failed", "engine_error")
+            yield event
+            if event.finish_reason:
+                server.finished(event)
+                return
+    finally:
+        req.cancelled = True  # a client that went away frees its row at the next step
+
+
+def create_app(server: Server) -> FastAPI:
+    app = FastAPI(title="lorakit", docs_url=None, redoc_url=None)
+    errors.install(app)
+    app.add_middleware(BodyLimit, limit=server.config.max_body_bytes)
+    metrics = server.metrics
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        start = time.perf_counter()
+        endpoint = request.url.path
+        if endpoint.startswith("/v1/"):
+            try:
+                check_key(server.key, request.headers.get("authorization"))
+            except ApiError as exc:
+                response = errors.error_response(exc.status, exc.message, exc.code)
+                metrics.requests.labels(endpoint, str(exc.status)).inc()
+                return response
+        response = await call_next(request)
+        known = endpoint if endpoint in _ROUTES else "other"
+        metrics.requests.labels(known, str(response.status_code)).inc()
+        metrics.latency.labels(known).observe(time.perf_counter() - start)
+        return response
+
+    @app.get("/health")
+    async def health():
+        waiting, running = server.lm.engine.load()
+        return {"status": "ok", "waiting": waiting, "running": running}
+
+    @app.get("/metrics")
+    async def prometheus():
+        server._update_load()
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/")
+    async def page():
+        if not server.config.page:
+            return {"lorakit": "OpenAI-compatible API under /v1", "models": "/v1/models"}
+        return FileResponse(server.config.page, media_type="text/html")
+
+    @app.get("/v1/models")
+    async def models():
+        data = [
+            {
+                "id": e.id,
+                "object": "model",
+                "created": e.created,
+                "owned_by": "lorakit",
+                "root": e.path or e.id,
+                "parent": e.parent,
+                "task": "classification" if e.kind == "classifier" else "generation",
+            }
+            for e in list(server.catalog.entries.values())
+        ]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        req = server.request(body, body.prompt)
+        return await _respond(server, body, req, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest):
+        messages = [{"role": _role(m.role), "content": _text(m)} for m in body.messages]
+        try:
+            prompt = render_chat(server.lm.tokenizer, messages)
+        except ConfigError as exc:
+            raise ApiError(400, str(exc), "no_chat_template") from None
+        except Exception as exc:  # a template may reject a message order (jinja raise_exception)
+            raise ApiError(
+                400, f"the chat template rejected these messages: {exc}", "bad_messages"
+            ) from None
+        req = server.request(body, prompt)
+        return await _respond(server, body, req, chat=True)
+
+    @app.post("/v1/classify")
+    async def classify(body: ClassifyRequest):
+        if server.classifier is None:
+            server.catalog.get(body.model, "classifier")  # 404 naming what there is
+        if len(body.input) > server.config.max_classify_inputs:
+            raise ApiError(
+                400,
+                f"{len(body.input)} inputs; at most {server.config.max_classify_inputs} per call",
+                "too_many_inputs",
+                "input",
+            )
+        results = await run_in_threadpool(server.classifier.classify, body.model, body.input)
+        return {
+            "object": "list",
+            "model": body.model,
+            "data": [{"index": i, "object": "classification", **r} for i, r in enumerate(results)],
+        }
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(body: LoadAdapterRequest):
+        path = allowed_path(body.lora_path, server.roots)
+        target = _target(server, path)
+        await run_in_threadpool(target.add_adapter, body.lora_name, path)
+        server._count_adapters()
+        return {"status": "ok", "message": f"adapter {body.lora_name!r} loaded"}
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(body: UnloadAdapterRequest):
+        entry = server.catalog.get(body.lora_name)
+        if entry.parent is None:
+            raise ApiError(
+                400, f"{body.lora_name!r} is a base model, not an adapter", "not_an_adapter"
+            )
+        target = server.lm if entry.kind == "lm" else server.classifier
+        await run_in_threadpool(target.remove_adapter, body.lora_name)
+        server._count_adapters()
+        return {"status": "ok", "message": f"adapter {body.lora_name!r} unloaded"}
+
+    _ROUTES.update(r.path for r in app.routes)
+    return app
+
+
+_ROUTES: set[str] = set()
+
+
+def _role(role: str) -> str:
+    return "system" if role == "developer" else role
+
+
+def _text(message) -> str:
+    try:
+        return message.text()
+    except ValueError as exc:
+        raise ApiError(400, str(exc), "unsupported_content", "messages") from None
+
+
+def _target(server: Server, path: Path):
+    from lorakit.eval.infer import adapter_task
+
+    task, _ = adapter_task(path)
+    if task == "classification":
+        if server.classifier is None:
+            raise ApiError(
+                400, "this is a classification adapter and the server has no --classifier"
+            )
+        return server.classifier
+    return server.lm
+
+
+async def _respond(server: Server, body, req: GenRequest, chat: bool):
+    events = server.submit(req)
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    created = int(time.time())
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _stream(server, req, events, rid, created, body.model, chat, include_usage),
+            media_type=SSE,
+        )
+    text, last = [], Event()
+    async for event in _events(server, req, events):
+        text.append(event.text)
+        last = event
+    finish = "stop" if last.finish_reason in ("stop", "cancelled") else last.finish_reason
+    content = "".join(text)
+    choice = (
+        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+        if chat
+        else {"index": 0, "text": content, "logprobs": None, "finish_reason": finish}
+    )
+    return JSONResponse(
+        {
+            "id": rid,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": created,
+            "model": body.model,
+            "choices": [choice],
+            "usage": _usage(last),
+        }
+    )
+
+
+async def _stream(server, req, events, rid, created, model, chat, include_usage):
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(piece: str, finish: str | None, first: bool = False, usage=None) -> str:
+        if chat:
+            delta = (
+                {"role": "assistant", "content": piece}
+                if first
+                else ({"content": piece} if piece else {})
+            )
+            choices = [{"index": 0, "delta": delta, "finish_reason": finish}]
+        else:
+            choices = [{"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}]
+        data = {"id": rid, "object": kind, "created": created, "model": model, "choices": choices}
+        if usage is not None:
+            data = {**data, "choices": [], "usage": usage}
+        return f"data: {json.dumps(data)}\n\n"
+
+    if chat:
+        yield chunk("", None, first=True)
+    try:
+        async for event in _events(server, req, events):
+            finish = event.finish_reason
+            finish = "stop" if finish == "cancelled" else finish
+            if event.text or finish:
+                yield chunk(event.text, finish)
+            if finish and include_usage:
+                yield chunk("", None, usage=_usage(event))
+    except ApiError as exc:
+        yield f"data: {json.dumps(errors.error_body(exc.status, exc.message, exc.code))}\n\n"
+    yield "data: [DONE]\n\n"

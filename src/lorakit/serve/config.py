@@ -1,0 +1,50 @@
+"""`lorakit serve` settings: one pydantic model, flags map onto it."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from lorakit.config import StrictConfig
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class ServeConfig(StrictConfig):
+    model: str = Field("smollm2-135m", description="The causal LM every generation uses.")
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="Adapters loaded at start: name -> directory."
+    )
+    classifier: str | None = Field(None, description="A classification model for /v1/classify.")
+    classifier_adapters: dict[str, str] = Field(
+        default_factory=dict, description="Classification adapters: name -> directory."
+    )
+    served_model_name: str | None = Field(
+        None, description="The base model's id in the API (default: the --model value's name)."
+    )
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port (0: any free port).")
+    adapter_dirs: list[str] = Field(
+        default_factory=list,
+        description="Directories runtime-loaded adapters may come from (none: runtime loading off).",
+    )
+    max_batch_size: int = Field(32, ge=1, description="Sequences decoded together at most.")
+    max_queue: int = Field(256, ge=1, description="Waiting requests at most (then 429).")
+    max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens a request may ask.")
+    max_prompt_tokens: int = Field(4096, ge=1, description="Longest prompt in tokens.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body.")
+    max_classify_inputs: int = Field(256, ge=1, description="Texts per /v1/classify call.")
+    api_key_env: str = Field(
+        "LORAKIT_API_KEY", description="Environment variable holding the API key (unset: open)."
+    )
+    page: str | None = Field(None, description="An HTML file served at / (e.g. a chat page).")
+    device: str = Field("auto", description="auto, cpu or cuda.")
+
+    @field_validator("adapters", "classifier_adapters")
+    @classmethod
+    def _names(cls, adapters: dict[str, str]) -> dict[str, str]:
+        import re
+
+        bad = [n for n in adapters if not re.match(_NAME, n)]
+        if bad:
+            raise ValueError(f"adapter names must be letters, digits, . _ - (got {bad})")
+        return adapters

@@ -328,7 +328,7 @@ def test_the_example_chat_page_is_served_at_root(served):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--adapter", "x=/no/such/adapter"], "adapter_config.json"),
+        (["--adapter", "x=/no/such/adapter"], "does not exist"),
         (["--adapter", "x"], "NAME=DIR"),
         (["--adapter-dir", "/no/such/dir"], "not a directory"),
         (["--page", "/no/such/page.html"], "not a file"),

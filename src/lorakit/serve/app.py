@@ -121,7 +121,14 @@ class Server:
     def submit(self, req: GenRequest) -> asyncio.Queue:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        req.emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+
+        def emit(event: Event) -> None:  # runs on the engine thread
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the event loop is gone (shutdown): stop generating
+                req.cancelled = True
+
+        req.emit = emit
         try:
             self.lm.engine.submit(req)
         except QueueFull as exc:

@@ -123,8 +123,8 @@ def test_bank_is_rebuilt_after_weights_change():
     assert torch.allclose(second[1], _alone(model, "a1", ids[1:2])[0], atol=1e-5)
 
 
-def test_grouped_and_gathered_kernels_agree(monkeypatch):
-    """grouped_mm (fast path) and gather + bmm (fallback) give the same rows."""
+def test_the_three_kernels_agree(monkeypatch):
+    """grouped_mm, gather + bmm, and bmm straight on the bank give the same rows."""
     from lorakit.lora import batching
 
     assert batching._grouped_mm is not None  # torch 2.13 has it on CPU: the fast path is real
@@ -134,6 +134,7 @@ def test_grouped_and_gathered_kernels_agree(monkeypatch):
     calls = []
     real = batching._grouped_mm
     monkeypatch.setattr(batching, "_grouped_mm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(batching, "_GROUPED_MIN_ROWS", 1)
     with lorakit.adapter_per_row(model, names):
         grouped = logits(model, ids)
     assert calls
@@ -142,6 +143,27 @@ def test_grouped_and_gathered_kernels_agree(monkeypatch):
         gathered = logits(model, ids)
     assert torch.allclose(grouped, gathered, atol=1e-5)
     assert not torch.allclose(grouped[0], grouped[1], atol=1e-3)
+    # one row per adapter (any row order): the bank itself is the per-row weight
+    one_each = ["a2", "a0", "a5", "a1", "a4", "a3"]
+    with lorakit.adapter_per_row(model, one_each):
+        aligned = logits(model, ids[: len(one_each)])
+    layer = model.model.layers[0].self_attn.q_proj
+    group = next(iter(layer.rows.groups.values())) if layer.rows else None
+    for i, name in enumerate(one_each):
+        assert torch.allclose(aligned[i], _alone(model, name, ids[i : i + 1])[0], atol=1e-5)
+    assert group is None  # the plan is removed when the block ends
+
+
+def test_kernel_choice():
+    from lorakit.lora.batching import _group
+
+    bank = ("a", "b", "c")
+    every = _group(["c", "a", "b"], bank, "cpu")
+    assert every.aligned and every.distinct == 3 and not every.in_order
+    assert every.rows.tolist() == [1, 2, 0] and every.slot.tolist() == [0, 1, 2]
+    some = _group(["a", None, "a", "c"], bank, "cpu")
+    assert not some.aligned and some.distinct == 2 and some.ends.tolist() == [2, 2, 3]
+    assert _group(["a", "b", "c"], bank, "cpu").in_order
 
 
 def test_bank_follows_replaced_and_deleted_adapters():

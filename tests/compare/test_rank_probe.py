@@ -158,3 +158,18 @@ def test_against_errors_are_one_line(tmp_path):
     sweep = _sweep(tmp_path, {4: 0.7})
     with pytest.raises(ConfigError, match="no LoRA target set"):
         check_against_sweep(sweep, ["q_proj"], 4, "accuracy")
+
+
+def test_a_miss_within_sampling_noise_says_so(tmp_path):
+    from lorakit.compare.probe_check import check_against_sweep, check_sentence
+
+    sweep = _sweep(tmp_path, {4: 0.74, 8: 0.75})
+    data = json.loads((sweep / "results.json").read_text())
+    for e in data["summary"]:
+        e["test_examples"] = 2000
+    (sweep / "results.json").write_text(json.dumps(data))
+    # se of 0.75 on 2,000 = 0.00968: 0.74 is 98.7% of 0.75 but only 1.03 se below it
+    check = check_against_sweep(sweep, "all-linear", 4, "accuracy")
+    assert not check["agrees"] and check["within_noise"]
+    assert abs(check["standard_error"] - (0.75 * 0.25 / 2000) ** 0.5) < 1e-12
+    assert "cannot tell them apart" in check_sentence(check)

@@ -140,3 +140,19 @@ def test_seeds_are_averaged_with_std():
     table = markdown_table(summary)
     assert "| g | lora | a | 2 | **0.7000 ± 0.2000** |" in table
     assert "| h | head |  |  | 0.6000 |" in table  # one seed: no std
+
+
+def test_findings_say_which_runs_the_test_set_cannot_tell_apart():
+    rows = _hand_summary()
+    for e in rows:
+        e["test_examples"] = 400
+    text = findings(rows, "accuracy")
+    # best 0.97 on 400 examples: se = sqrt(0.97 * 0.03 / 400) = 0.00853; 2 se = 0.01706:
+    # 0.960 (attention r8), 0.956 (all-linear r4) and full 0.965 are within it, 0.90 is not
+    assert "On 400 test examples one standard error of that score is ±0.0085" in text
+    assert "3 other run(s) score within two standard errors of it" in text
+    assert "lora-attention-r8, lora-all-linear-r4, full" in text
+    for e in rows:
+        e["test_examples"] = 1_000_000
+    assert "every other run is more than two standard errors below it" in findings(rows, "accuracy")
+    assert "standard error" not in findings(rows, "perplexity")  # not a share of answers

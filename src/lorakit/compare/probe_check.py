@@ -46,6 +46,7 @@ def check_against_sweep(sweep_dir: str | Path, targets, r: int, metric: str) -> 
     ]
     at_r = scores.get(r)
     share = None if at_r is None else (best / at_r if low else at_r / best)
+    se = _standard_error(results["summary"], name, best_r, metric)
     return {
         "sweep": str(sweep_dir),
         "targets": name,
@@ -58,7 +59,20 @@ def check_against_sweep(sweep_dir: str | Path, targets, r: int, metric: str) -> 
         "share_of_best": share,
         "smallest_r_within_99": close[0],
         "agrees": at_r is not None and r in close,
+        "standard_error": se,
+        "within_noise": at_r is not None and se is not None and abs(at_r - best) <= 2 * se,
     }
+
+
+def _standard_error(summary: list[dict], targets: str, r: int, metric: str) -> float | None:
+    """One binomial standard error of the best run's score (shares of correct answers only)."""
+    if metric not in ("accuracy", "exact_match"):
+        return None
+    for e in summary:
+        if e["method"] == "lora" and e["targets"] == targets and e["r"] == r:
+            n, p = e.get("test_examples"), e[metric]
+            return (p * (1 - p) / n) ** 0.5 if n else None
+    return None
 
 
 def check_sentence(check: dict) -> str:
@@ -69,11 +83,15 @@ def check_sentence(check: dict) -> str:
             f"The sweep in {check['sweep']} did not train r={r} on {check['targets']} "
             f"(it has {measured}); its best was r={check['best_r']} ({m} {check['best']:.4f})."
         )
-    verdict = (
-        "agrees: the recommended rank is within 99% of the sweep's best"
-        if check["agrees"]
-        else "disagrees: the recommended rank scored below 99% of the sweep's best"
-    )
+    if check["agrees"]:
+        verdict = "agrees: the recommended rank is within 99% of the sweep's best"
+    elif check.get("within_noise"):
+        verdict = (
+            "puts it below 99% of the best, but within two standard errors "
+            f"(±{check['standard_error']:.4f} each) of it: this test set cannot tell them apart"
+        )
+    else:
+        verdict = "disagrees: the recommended rank scored below 99% of the sweep's best"
     return (
         f"Checked against the sweep in {check['sweep']} (LoRA on {check['targets']}, same "
         f"model and data): r={r} scored {m} {check['score_at_r']:.4f}, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from pathlib import Path
 from typing import NamedTuple
@@ -90,6 +91,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     for members in groups.values():
         entry = {k: members[0][k] for k in IDENTITY}
         entry["seeds"] = len(members)
+        entry["test_examples"] = members[0].get("test_examples")
         for col in COLUMNS:
             values = [m[col.key] for m in members if m.get(col.key) is not None]
             if values:
@@ -174,6 +176,7 @@ def findings(summary: list[dict], metric: str) -> str:
             f"{_ratio(full, ref, 'train_seconds')} the training time and "
             f"{_ratio(full, ref, 'artifact_mb')} the size on disk of r={ref['r']}."
         )
+    parts += _noise(scored, best, metric)
     head = next((e for e in scored if e["method"] == "head"), None)
     if head:
         parts.append(f"Training the head alone scored {_fmt(head, metric)}.")
@@ -184,6 +187,27 @@ def findings(summary: list[dict], metric: str) -> str:
             f"per example against {_fmt(ref, 'latency_merged_ms')} ms merged ({extra:+.1f}%)."
         )
     return " ".join(parts)
+
+
+def _noise(scored: list[dict], best: dict, metric: str) -> list[str]:
+    """For a share of correct answers, how far apart two scores must be to mean anything:
+    one binomial standard error sqrt(p (1 - p) / n) of the best score on n test examples."""
+    n = best.get("test_examples")
+    if metric not in ("accuracy", "exact_match") or not n:
+        return []
+    p = best[metric]
+    se = math.sqrt(p * (1 - p) / n)
+    close = [e["group"] for e in scored if e is not best and abs(e[metric] - p) <= 2 * se]
+    named = ", ".join(close[:8]) + (f" and {len(close) - 8} more" if len(close) > 8 else "")
+    return [
+        f"On {n:,.0f} test examples one standard error of that score is ±{se:.4f}: "
+        + (
+            f"{len(close)} other run(s) score within two standard errors of it ({named}), so "
+            "this test set does not tell them apart from the best."
+            if close
+            else "every other run is more than two standard errors below it."
+        )
+    ]
 
 
 def _ratio(a: dict, b: dict, key: str) -> str:

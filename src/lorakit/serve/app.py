@@ -55,14 +55,11 @@ class Server:
             config.model,
             config.device,
             self.catalog,
+            served_name=config.served_model_name,
             max_batch_size=config.max_batch_size,
             max_queue=config.max_queue,
             on_step=self.metrics.on_step,
         )
-        if config.served_model_name:
-            self.catalog.entries[config.served_model_name] = self.catalog.entries.pop(self.lm.id)
-            self.catalog.entries[config.served_model_name].id = config.served_model_name
-            self.lm.id = config.served_model_name
         for name, path in config.adapters.items():
             self.lm.add_adapter(name, path)
         self.classifier = (

@@ -75,10 +75,17 @@ def _check_task(path: str | Path, want: str) -> list[str] | None:
 
 
 class LanguageModel:
-    def __init__(self, name: str, device: str, catalog: Catalog, **engine_args):
+    def __init__(
+        self,
+        name: str,
+        device: str,
+        catalog: Catalog,
+        served_name: str | None = None,
+        **engine_args,
+    ):
         self.model, self.tokenizer = load_model(name, "causal-lm")
         self.model.to(resolve_device(device)).eval()
-        self.id, self.catalog = base_id(name), catalog
+        self.id, self.catalog = served_name or base_id(name), catalog
         catalog.add(Entry(self.id, "lm", None, None))
         config = self.model.config
         self.context = int(

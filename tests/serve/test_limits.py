@@ -61,3 +61,18 @@ def test_a_full_queue_answers_429_and_serving_goes_on(tiny_server):
     assert results["first"].status_code == 200
     assert results["first"].json()["usage"]["completion_tokens"] >= 1
     assert httpx.post(url + "/v1/completions", json=body, timeout=60).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "extra, word",
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+    ],
+)
+def test_features_we_cannot_honour_are_refused_not_ignored(tiny_server, extra, word):
+    server, url = tiny_server
+    body = {"model": server.lm.id, "messages": [{"role": "user", "content": "hi"}], **extra}
+    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400 and word in r.json()["error"]["message"]

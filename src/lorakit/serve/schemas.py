@@ -29,6 +29,23 @@ class _Sampling(_Body):
     stream_options: StreamOptions | None = None
     logprobs: Any = None
     user: str | None = None
+    tools: Any = None
+    functions: Any = None
+    response_format: Any = None
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value):
+        if value:
+            raise ValueError("tool / function calling is not supported by this server")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value):
+        if value not in (None, {"type": "text"}):
+            raise ValueError("only response_format {'type': 'text'} is supported by this server")
+        return value
 
     @field_validator("stop")
     @classmethod

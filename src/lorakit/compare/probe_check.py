@@ -16,15 +16,20 @@ def _set_name(targets, target_sets: dict) -> str | None:
     return None
 
 
-def check_against_sweep(sweep_dir: str | Path, targets, r: int, metric: str) -> dict:
-    """The sweep's score at rank r, its best rank, and the smallest rank within 99% of the best,
-    on the sweep's LoRA runs with the probe's target set."""
+def read_sweep(sweep_dir: str | Path) -> dict:
+    """A `lorakit compare` directory's results.json, or a one-line error."""
     path = Path(sweep_dir) / "results.json"
     if not path.is_file():
         raise ConfigError(
             f"--against {sweep_dir}: no results.json there — run lorakit compare first"
         )
-    results = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def check_against_sweep(sweep_dir: str | Path, targets, r: int, metric: str) -> dict:
+    """The sweep's score at rank r, its best rank, and the smallest rank within 99% of the best,
+    on the sweep's LoRA runs with the probe's target set."""
+    results = read_sweep(sweep_dir)
     name = _set_name(targets, results.get("target_sets", {}))
     if name is None:
         raise ConfigError(
@@ -66,12 +71,11 @@ def check_against_sweep(sweep_dir: str | Path, targets, r: int, metric: str) -> 
 
 def _standard_error(summary: list[dict], targets: str, r: int, metric: str) -> float | None:
     """One binomial standard error of the best run's score (shares of correct answers only)."""
-    if metric not in ("accuracy", "exact_match"):
-        return None
+    from lorakit.compare.report import standard_error
+
     for e in summary:
         if e["method"] == "lora" and e["targets"] == targets and e["r"] == r:
-            n, p = e.get("test_examples"), e[metric]
-            return (p * (1 - p) / n) ** 0.5 if n else None
+            return standard_error(metric, e[metric], e.get("test_examples"))
     return None
 
 

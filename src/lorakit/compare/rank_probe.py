@@ -16,7 +16,6 @@ import torch
 
 from lorakit.compare.config import RankProbeConfig
 from lorakit.config import TrainConfig
-from lorakit.errors import ConfigError
 from lorakit.eval.measure import percentile
 
 CONFIG_FILE = "rank_probe_config.json"
@@ -89,10 +88,10 @@ def rank_probe(config: RankProbeConfig, log: Callable[[str], None] = print) -> d
     # Model, targets and data are checked before anything is written.
     resolve_target_sets(config.model, config.task, {"targets": config.targets})
     probe_inputs(probe_cfg, 1)
-    if config.against and not (Path(config.against) / "results.json").is_file():
-        raise ConfigError(
-            f"--against {config.against}: no results.json there — run lorakit compare first"
-        )
+    if config.against:  # a missing sweep is an error before the training, not after
+        from lorakit.compare.probe_check import read_sweep
+
+        read_sweep(config.against)
     open_output(out, CONFIG_FILE, config.model_dump(mode="json"), config.overwrite)
 
     log(f"probe: LoRA r={config.rank} on {config.targets}")

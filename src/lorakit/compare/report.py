@@ -189,14 +189,21 @@ def findings(summary: list[dict], metric: str) -> str:
     return " ".join(parts)
 
 
+def standard_error(metric: str, score: float, n: int | None) -> float | None:
+    """One binomial standard error sqrt(p (1 - p) / n) of a share of correct answers on n
+    test examples; None for other metrics or an unknown n."""
+    if metric not in ("accuracy", "exact_match") or not n:
+        return None
+    return math.sqrt(score * (1 - score) / n)
+
+
 def _noise(scored: list[dict], best: dict, metric: str) -> list[str]:
     """For a share of correct answers, how far apart two scores must be to mean anything:
     one binomial standard error sqrt(p (1 - p) / n) of the best score on n test examples."""
-    n = best.get("test_examples")
-    if metric not in ("accuracy", "exact_match") or not n:
+    se = standard_error(metric, best[metric], best.get("test_examples"))
+    if se is None:
         return []
-    p = best[metric]
-    se = math.sqrt(p * (1 - p) / n)
+    p, n = best[metric], best["test_examples"]
     close = [e["group"] for e in scored if e is not best and abs(e[metric] - p) <= 2 * se]
     named = ", ".join(close[:8]) + (f" and {len(close) - 8} more" if len(close) > 8 else "")
     return [

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -76,15 +77,11 @@ def _group(names, bank_names, device) -> Group:
     counts = [0] * len(bank_names)
     for slot, _ in pairs:
         counts[slot] += 1
-    ends, total = [], 0
-    for c in counts:
-        total += c
-        ends.append(total)
     rows = [r for _, r in pairs]
     return Group(
         rows=torch.tensor(rows, dtype=torch.long, device=device),
         slot=torch.tensor([s for s, _ in pairs], dtype=torch.long, device=device),
-        ends=torch.tensor(ends, dtype=torch.int32, device=device),
+        ends=torch.tensor(list(accumulate(counts)), dtype=torch.int32, device=device),
         distinct=sum(c > 0 for c in counts),
         aligned=all(c == 1 for c in counts),
         in_order=rows == list(range(len(names))),
@@ -99,16 +96,15 @@ def lora_modules(model: nn.Module) -> list[nn.Module]:
         module = stack.pop()
         if isinstance(module, LoraLayer | ModulesToSave):
             found.append(module)
-            continue
-        stack.extend(module._modules.values())
-    return [m for m in found if m is not None]
+        else:  # a child slot may hold None (a module registered as absent)
+            stack.extend(m for m in module._modules.values() if m is not None)
+    return found
 
 
-def plan_rows(model: nn.Module, names: Sequence[str | None], layers=None) -> RowPlan:
-    layers = lora_modules(model) if layers is None else layers
-    known: set[str] = set()
-    for m in layers:
-        known.update(m.adapters if isinstance(m, LoraLayer) else m.copies)
+def plan_rows(model: nn.Module, names: Sequence[str | None]) -> RowPlan:
+    from lorakit.lora.manage import list_adapters  # manage imports this module
+
+    known = set(list_adapters(model))
     slots: list[str | None] = [None]
     for name in names:
         if name is not None and name not in known:
@@ -128,7 +124,7 @@ def adapter_per_row(model: nn.Module, names: Sequence[str | None]) -> Iterator[N
     Overrides the active adapters for the duration; merged adapters must be unmerged first.
     """
     layers = lora_modules(model)
-    plan = plan_rows(model, list(names), layers)
+    plan = plan_rows(model, list(names))
     merged = {n for m in layers if isinstance(m, LoraLayer) for n in m.merged}
     if merged:
         raise ConfigError(

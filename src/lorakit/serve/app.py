@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 
 from lorakit.errors import ConfigError
-from lorakit.eval.infer import encode_prompt, render_chat
+from lorakit.eval.infer import adapter_task, encode_prompt, render_chat
 from lorakit.serve import errors
 from lorakit.serve.config import ServeConfig
 from lorakit.serve.engine import Event, QueueFull
@@ -184,7 +184,7 @@ def create_app(server: Server) -> FastAPI:
                 metrics.requests.labels(endpoint, str(exc.status)).inc()
                 return response
         response = await call_next(request)
-        known = endpoint if endpoint in _ROUTES else "other"
+        known = endpoint if endpoint in routes else "other"
         metrics.requests.labels(known, str(response.status_code)).inc()
         metrics.latency.labels(known).observe(time.perf_counter() - start)
         return response
@@ -278,11 +278,8 @@ def create_app(server: Server) -> FastAPI:
         server._count_adapters()
         return {"status": "ok", "message": f"adapter {body.lora_name!r} unloaded"}
 
-    _ROUTES.update(r.path for r in app.routes)
+    routes = {r.path for r in app.routes}  # metrics label unknown paths "other"
     return app
-
-
-_ROUTES: set[str] = set()
 
 
 def _role(role: str) -> str:
@@ -297,8 +294,6 @@ def _text(message) -> str:
 
 
 def _target(server: Server, path: Path):
-    from lorakit.eval.infer import adapter_task
-
     task, _ = adapter_task(path)
     if task == "classification":
         if server.classifier is None:

@@ -42,9 +42,9 @@ def _safe_end(text: str, stops: list[str]) -> int:
     end = len(text)
     while end > 0 and text[end - 1] == "\ufffd":  # a multi-byte character not complete yet
         end -= 1
-    for s in stops:
+    for s in stops:  # hold back the longest tail that begins a stop string
         for k in range(min(len(s) - 1, end), 0, -1):
             if text[:end].endswith(s[:k]):
-                end = min(end, len(text[:end]) - k)
+                end -= k
                 break
     return end

@@ -22,6 +22,9 @@ def serve(config: ServeConfig, say=print) -> None:
         from lorakit.errors import ConfigError
 
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+    # listen before saying so: a client that connects between this line and uvicorn's start
+    # waits in the backlog instead of being refused (CI once saw "connection refused" here)
+    sock.listen(2048)
     port = sock.getsockname()[1]
     names = ", ".join(server.catalog.entries)
     say(f"lorakit serve: listening on http://{config.host}:{port} (models: {names})", flush=True)

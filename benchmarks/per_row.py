@@ -1,109 +1,143 @@
-"""Cost of many adapters in one batch: base vs adapter_per_row vs one adapter at a time (peft's way).
+"""Many adapters in one batch: base vs lorakit's adapter_per_row vs peft's `adapter_names=`.
 
-    .venv/bin/python benchmarks/per_row.py [--adapters 64] [--rows 64] [--tokens 1] [--context 64]
+    .venv/bin/python benchmarks/per_row.py [--counts 1,8,64] [--rows 64] [--tokens 1] [--context 64]
+    python3 benchmarks/per_row.py --device cuda --model llama-1b      # on a GPU
 
-SmolLM2-135M, fp32 CPU. Each "step" is one forward of `rows` sequences of `tokens` new
-tokens on a KV cache of `context` tokens (tokens=1 is a decode step, as in serving).
-- base: no adapter;
-- per-row: every row has its own adapter (`adapters` distinct, r=8 on q/k/v/o), one forward;
-- peft's way: rows grouped by adapter, one forward per group with that adapter active.
-The peft-way figure uses lorakit's own set_adapter (same kernels), so the ratio measures the
-batching strategy, not the library.
+One decode step (`tokens` new tokens per row, default 1) of `rows` sequences on a KV cache
+of `context` tokens; every row names one of `count` distinct adapters (r=8 on q/k/v/o,
+random B so every adapter changes the output). Strategies, on identical models, inputs and
+adapters (the peft model gets lorakit's tensors, so both compute the same function, checked):
+- base only: no adapter;
+- lorakit: `with adapter_per_row(model, names)`, one forward;
+- peft: `model(..., adapter_names=names)` — peft's mixed-batch forward, one forward;
+- one adapter at a time: rows grouped by adapter, one forward per group (how a single-adapter
+  stack serves them; lorakit's set_adapter, so only the strategy differs).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import copy
 
 import torch
+from common import load, timed
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-def _cache(model, rows: int, context: int):
-    ids = torch.randint(100, 1000, (rows, context))
+def _cache(model, rows: int, context: int, device):
+    ids = torch.randint(100, 1000, (rows, context), device=device)
     with torch.no_grad():
         return model(ids, use_cache=True).past_key_values
 
 
-def _timed(fn, repeat: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+def _subset(cache, rows):
+    out = copy.deepcopy(cache)
+    for layer in out.layers:
+        layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+    return out
+
+
+def _random_adapters(model, n: int, device) -> None:
+    import lorakit
+
+    g = torch.Generator().manual_seed(1)
+    for i in range(n):
+        lorakit.inject(model, lorakit.LoraConfig(r=8, target_modules=TARGETS), adapter=f"a{i}")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".B"):
+                p.copy_(torch.randn(p.shape, generator=g).mul_(0.01).to(p.dtype))
+
+
+def _peft_copy(base, lorakit_model, n: int):
+    """peft model with the same adapters (tensors copied from lorakit's layers)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, lora_dropout=0.0)
+    model = get_peft_model(base, cfg, adapter_name="a0")
+    for i in range(1, n):
+        model.add_adapter(f"a{i}", cfg)
+    ours = dict(lorakit_model.named_parameters())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_A." in name or ".lora_B." in name:
+                stem, rest = name.removeprefix("base_model.model.").split(".lora_", 1)
+                kind, adapter = rest.split(".")[:2]
+                src = ours[f"{stem}.adapters.{adapter}.{kind}"]
+                p.copy_(src.to(p.dtype))
+    return model.eval()
 
 
 def main() -> None:
     import lorakit
-    from lorakit.models.load import load_model
 
     p = argparse.ArgumentParser()
-    p.add_argument("--adapters", type=int, default=64)
+    p.add_argument("--counts", default="1,8,64")
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--tokens", type=int, default=1)
     p.add_argument("--context", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--skip-one-at-a-time", action="store_true")
     args = p.parse_args()
-    model, _ = load_model("smollm2-135m", "causal-lm")
-    model.eval()
+    counts = [int(c) for c in args.counts.split(",")]
+    dev = args.device
+    model = load(args.model, dev).eval()
     torch.manual_seed(0)
-    cache = _cache(model, args.rows, args.context)
-    new = torch.randint(100, 1000, (args.rows, args.tokens))
+    cache = _cache(model, args.rows, args.context, dev)
+    new = torch.randint(100, 1000, (args.rows, args.tokens), device=dev)
 
-    def step(m, ids, kv):
+    def step(m, ids, kv, **kw):
         with torch.no_grad():
-            m(ids, past_key_values=kv, use_cache=True)
+            out = m(input_ids=ids, past_key_values=kv, use_cache=True, **kw).logits
         kv.crop(-ids.shape[1])  # drop the appended tokens: every step sees the same cache
+        return out
 
-    base = _timed(lambda: step(model, new, cache))
-    for i in range(args.adapters):
-        cfg = lorakit.LoraConfig(r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-        lorakit.inject(model, cfg, adapter=f"a{i}")
-    names = [f"a{i % args.adapters}" for i in range(args.rows)]
-
-    def per_row():
-        with lorakit.adapter_per_row(model, names):
-            step(model, new, cache)
-
-    def one_at_a_time():
-        for i in range(args.adapters):
-            rows = [r for r, n in enumerate(names) if n == f"a{i}"]
-            lorakit.set_adapter(model, f"a{i}")
-            step(model, new[rows], subsets[i])
-
-    # each adapter's rows get their own cache, made once (as a server would keep them)
-    subsets = []
-    for i in range(args.adapters):
-        rows = [r for r, n in enumerate(names) if n == f"a{i}"]
-        subsets.append(_rebuild(cache, [(k[rows], v[rows]) for k, v in _layers(cache)]))
-    t_row = _timed(per_row)
-    t_one = _timed(one_at_a_time, repeat=3)
+    base = timed(lambda: step(model, new, cache), dev, args.repeat)
+    _random_adapters(model, max(counts), dev)
+    peft_model = _peft_copy(load(args.model, dev).eval(), model, max(counts))
     tok = args.rows * args.tokens
     print(
-        f"rows={args.rows} new tokens/row={args.tokens} context={args.context} adapters={args.adapters}"
+        f"\n{args.model} on {dev}: {args.rows} rows x {args.tokens} new tokens, context {args.context}"
     )
-    print("| strategy | step ms | tokens/s | vs base |")
-    print("|---|---|---|---|")
-    for name, t in [
-        ("base only", base),
-        ("adapter_per_row", t_row),
-        ("one adapter at a time", t_one),
-    ]:
-        print(f"| {name} | {t * 1000:.1f} | {tok / t:.0f} | {base / t:.2f}x |")
+    print("| adapters | strategy | step ms | tokens/s | vs base | lorakit vs this |")
+    print("|---|---|---|---|---|---|")
+    for count in counts:
+        names = [f"a{i % count}" for i in range(args.rows)]
 
+        def ours(names=names):
+            with lorakit.adapter_per_row(model, names):
+                return step(model, new, cache)
 
-def _layers(cache):
-    return [(layer.keys, layer.values) for layer in cache.layers]
+        def theirs(names=names):
+            return step(peft_model, new, cache, adapter_names=names)
 
+        diff = (ours().float() - theirs().float()).abs().max().item()
+        scale = ours().float().abs().max().item()
+        assert diff <= 2e-2 * scale, f"lorakit and peft disagree: {diff} (scale {scale})"
+        rows = [("base only", base)]
+        rows.append(("lorakit `adapter_per_row`", timed(ours, dev, args.repeat)))
+        rows.append(("peft `adapter_names=`", timed(theirs, dev, args.repeat)))
+        if not args.skip_one_at_a_time:
+            groups = {n: [r for r, m in enumerate(names) if m == n] for n in dict.fromkeys(names)}
+            subsets = {n: _subset(cache, idx) for n, idx in groups.items()}
 
-def _rebuild(cache, sub):
-    import copy
+            def one_at_a_time(groups=groups, subsets=subsets):
+                for n, idx in groups.items():
+                    lorakit.set_adapter(model, n)
+                    step(model, new[idx], subsets[n])
 
-    out = copy.deepcopy(cache)
-    for layer, (k, v) in zip(out.layers, sub, strict=True):
-        layer.keys, layer.values = k, v
-    return out
+            rows.append(
+                ("one adapter at a time", timed(one_at_a_time, dev, max(1, args.repeat // 2)))
+            )
+        t_ours = rows[1][1]
+        for name, t in rows:
+            print(
+                f"| {count} | {name} | {t * 1000:.1f} | {tok / t:,.0f} | {base / t:.2f}x | "
+                f"{t / t_ours:.2f}x |"
+            )
 
 
 if __name__ == "__main__":

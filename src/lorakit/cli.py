@@ -44,6 +44,9 @@ def train(
     ),
     output: str | None = Opt(None, help="Run directory."),
     method: str | None = Opt(None, help="lora, dora, full or head."),
+    quantize: str | None = Opt(
+        None, help="none, int8 or nf4: quantize the frozen base (lora/dora; QLoRA's idea)."
+    ),
     r: int | None = Opt(None, help="LoRA rank."),
     alpha: float | None = Opt(None, help="LoRA alpha."),
     dropout: float | None = Opt(None, help="LoRA dropout."),
@@ -54,7 +57,9 @@ def train(
     lr: float | None = Opt(None, help="Peak learning rate."),
     epochs: float | None = Opt(None, help="Passes over the training data."),
     max_steps: int | None = Opt(None, help="Optimizer steps (overrides epochs)."),
-    batch_size: int | None = Opt(None, help="Examples per micro-batch."),
+    batch_size: int | None = Opt(
+        None, help="Examples per micro-batch (under torchrun: in all processes together)."
+    ),
     grad_accum: int | None = Opt(None, help="Micro-batches per optimizer step."),
     max_length: int | None = Opt(None, help="Tokens per example."),
     seed: int | None = Opt(None, help="Random seed."),
@@ -67,6 +72,9 @@ def train(
     eval_every: int | None = Opt(None, help="Validate every N steps."),
     save_every: int | None = Opt(None, help="Checkpoint every N steps."),
     device: str | None = Opt(None, help="auto, cpu or cuda."),
+    distributed: str | None = Opt(
+        None, help="Under torchrun: ddp (replicas, default) or fsdp (sharded)."
+    ),
     resume: bool = Opt(
         False, "--resume", help="Continue the run in --output from its last checkpoint."
     ),
@@ -85,7 +93,10 @@ def train(
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
         return
     metrics = run_train(config, progress=True)
-    _print_summary(metrics, config.output)
+    from lorakit.train.distributed import is_main
+
+    if is_main():  # under torchrun, one summary for the job
+        _print_summary(metrics, config.output)
 
 
 def _print_summary(metrics: dict, output: str) -> None:
@@ -204,11 +215,18 @@ def merge(
     output: str = Opt(..., help="Directory for the merged model."),
     model: str = Opt("minilm", help="Base model the adapter was trained on."),
     overwrite: bool = Opt(False, "--overwrite", help="Replace an existing output."),
+    dequantize: bool = Opt(
+        False,
+        "--dequantize",
+        help="Adapter trained with --quantize: merge into the base as training saw it "
+        "(quantized, then dequantized) instead of the full-precision base.",
+    ),
 ) -> None:
     """Merge an adapter into its base: a plain transformers directory, no lorakit needed."""
     from lorakit.eval.infer import merge_to_directory
 
-    print(f"merged model written to {merge_to_directory(model, adapter, output, overwrite)}")
+    written = merge_to_directory(model, adapter, output, overwrite, dequantize=dequantize)
+    print(f"merged model written to {written}")
 
 
 @app.command()

@@ -157,6 +157,16 @@ class TrainConfig(StrictConfig):
     method: Literal["lora", "dora", "full", "head"] = Field(
         "lora", description="lora / dora: adapters; full: every weight; head: the output head only."
     )
+    quantize: Literal["none", "int8", "nf4"] = Field(
+        "none",
+        description=(
+            "Quantize the frozen base after injecting the adapters (lora / dora only; the QLoRA "
+            "idea): int8 (per-output-channel) or nf4 (4-bit NormalFloat, blocks of 64) Linear "
+            "weights; embeddings and the LM head int8 per row. Adapters, norms and heads being "
+            "trained stay full precision, and the adapter is saved as usual (it loads on the "
+            "unquantized base)."
+        ),
+    )
     r: int = Field(8, gt=0, description="LoRA rank.")
     alpha: float = Field(16, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
@@ -186,7 +196,14 @@ class TrainConfig(StrictConfig):
         1.0, gt=0, description="Passes over the training data (ignored with max_steps)."
     )
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(16, gt=0, description="Examples per micro-batch.")
+    batch_size: int = Field(
+        16,
+        gt=0,
+        description=(
+            "Examples per micro-batch. Under torchrun it is the global micro-batch, split "
+            "across the processes, so the same batch_size trains the same model on any number."
+        ),
+    )
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     max_length: int = Field(
         128, gt=1, description="Tokens per example (longer ones are truncated)."
@@ -226,6 +243,23 @@ class TrainConfig(StrictConfig):
     )
     overwrite: bool = Field(False, description="Replace an existing output directory.")
     device: str = Field("auto", description="auto (cuda if present), cpu or cuda.")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description=(
+            "Under torchrun: ddp keeps a full replica per process and sums the trainable "
+            "gradients; fsdp (FSDP2) shards parameters, gradients and optimizer state across "
+            "processes, for models too large for one device. Ignored in a single process."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _quantize_needs_adapters(self) -> TrainConfig:
+        if self.quantize != "none" and self.method not in ("lora", "dora"):
+            raise ValueError(
+                f"quantize={self.quantize} needs method lora or dora (the quantized base is "
+                f"frozen; method {self.method} trains base weights)"
+            )
+        return self
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else (5e-5 if self.method == "full" else 1e-3)

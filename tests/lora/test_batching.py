@@ -164,6 +164,34 @@ def test_kernel_choice():
     some = _group(["a", None, "a", "c"], bank, "cpu")
     assert not some.aligned and some.distinct == 2 and some.ends.tolist() == [2, 2, 3]
     assert _group(["a", "b", "c"], bank, "cpu").in_order
+    pairs = _group(["b", "a", "b", "a"], bank, "cpu")  # two rows each on two of three slots
+    assert pairs.uniform == 2 and not pairs.all_used and pairs.used.tolist() == [0, 1]
+    assert not pairs.aligned and pairs.rows.tolist() == [1, 3, 0, 2]
+    assert _group(["a", "a", "b"], bank, "cpu").uniform == 0  # 2 rows and 1 row
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["a1", "a1", "a4", "a4"],  # uniform, in batch order: fused baddbmm onto the base output
+        ["a4", "a1", "a4", "a1"],  # uniform, rows gathered by slot
+        ["a2", "a2", "a2", "a2"],  # one adapter for all rows
+        ["a0", "a1", "a2", "a3", "a4", "a5"],  # every slot once: the bank as is
+        ["a3", "a3", None, "a3"],  # uniform with a base row
+    ],
+)
+@pytest.mark.parametrize("dora_every", [0, 4])
+def test_equal_rows_per_adapter_match_each_row_alone(monkeypatch, names, dora_every):
+    model = _many(tiny_llama, 6, dora_every=dora_every, targets=["q_proj", "v_proj", "down_proj"])
+    ids = torch.randint(3, VOCAB, (len(names), 5))
+    fused, real = [], torch.baddbmm
+    monkeypatch.setattr(torch, "baddbmm", lambda *a, **k: fused.append(1) or real(*a, **k))
+    with lorakit.adapter_per_row(model, names):
+        batched = logits(model, ids)
+    in_order = None not in names and names == sorted(names)
+    assert bool(fused) == (in_order and not dora_every)  # the fused path is taken when it can be
+    for i, name in enumerate(names):
+        assert torch.allclose(batched[i], _alone(model, name, ids[i : i + 1])[0], atol=1e-5)
 
 
 def test_bank_follows_replaced_and_deleted_adapters():

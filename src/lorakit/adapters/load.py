@@ -33,7 +33,7 @@ from lorakit.errors import (
     UnsupportedAdapterError,
 )
 from lorakit.lora.inject import adaptable_modules, adapter_configs, inject
-from lorakit.lora.layer import LoraLayer, linear_form
+from lorakit.lora.layer import LoraLayer, linear_shape
 from lorakit.lora.manage import active_adapters, set_adapter
 from lorakit.lora.saved_module import ModulesToSave
 
@@ -94,7 +94,7 @@ def read_weights(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tens
 
 def _module_dims(module: nn.Module, kind: str) -> tuple[int, int]:
     base = module.base_layer if isinstance(module, LoraLayer) else module
-    out, n_in = linear_form(base.weight, kind).shape
+    out, n_in = linear_shape(base, kind)
     return n_in, out
 
 

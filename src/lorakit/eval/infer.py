@@ -159,12 +159,40 @@ def chat_loop(
 
 
 def merge_to_directory(
-    model: str, adapter: str | Path, output: str | Path, overwrite: bool = False
+    model: str,
+    adapter: str | Path,
+    output: str | Path,
+    overwrite: bool = False,
+    dequantize: bool = False,
 ) -> Path:
-    """Merge `adapter` into `model` and write a plain transformers directory (safetensors)."""
+    """Merge `adapter` into `model` and write a plain transformers directory (safetensors).
+
+    The base is read from disk in full precision, so an adapter trained on a quantized base
+    merges into W (W + s B A, the usual QLoRA practice). `dequantize`: merge into the base as
+    training saw it instead — quantized the way the adapter's run did, then dequantized
+    (W_q + s B A) — so the merged model reproduces the trained model's outputs.
+    """
+    mode = trained_quantization(adapter) if dequantize else None
     loaded, tokenizer, _, _ = load_for_inference(model, adapter)
+    if mode is not None:
+        from lorakit.models.quantize import dequantize as to_plain
+        from lorakit.models.quantize import quantize
+
+        to_plain(quantize(loaded, mode))
     plain = merge_and_unload(loaded)
     with atomic_dir(output, overwrite=overwrite) as tmp:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return Path(output)
+
+
+def trained_quantization(adapter: str | Path) -> str:
+    """The `quantize` mode an adapter was trained with (its lorakit_train_config.json)."""
+    path = Path(adapter) / "lorakit_train_config.json"
+    mode = json.loads(path.read_text()).get("quantize", "none") if path.is_file() else "none"
+    if mode == "none":
+        raise ConfigError(
+            f"--dequantize: {adapter} was not trained on a quantized base (no quantize in "
+            f"{path.name}) — drop --dequantize"
+        )
+    return mode

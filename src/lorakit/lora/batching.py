@@ -3,7 +3,9 @@
 Each LoRA layer stacks all its adapters into a *bank* (ranks zero-padded to a multiple of
 8, scaling folded into B): A [S, in, r_max] and B [S, r_max, out]. A forward takes the rows
 that have an adapter on this layer, sorted by bank slot, and picks the cheapest kernel:
-- every slot has one row: two bmm's straight on the bank (nothing gathered or copied);
+- every used slot has the same number of rows (one per adapter in a decode step, or all rows
+  on one adapter): two bmm's on the bank (or on the used slots of it), the second fused
+  with the add onto the base output when the rows are in batch order;
 - each adapter has many token rows (prefill): `torch.nn.functional.grouped_mm`, which
   reads each adapter's weights once for all its rows;
 - otherwise: gather each row's A and B from the bank, two bmm's.
@@ -42,8 +44,15 @@ class Group:
     slot: torch.Tensor  # [n] each row's bank slot
     ends: torch.Tensor  # [S] int32 cumulative row counts per slot (grouped_mm's offs, seq=1)
     distinct: int  # slots with at least one row
-    aligned: bool  # every slot has exactly one row: the bank lines up with the sorted rows
-    in_order: bool  # the sorted rows are 0..batch-1: no scatter needed
+    used: torch.Tensor  # [distinct] those slots, ascending
+    uniform: int  # rows per used slot when all used slots have the same count, else 0
+    all_used: bool  # every slot of the bank has a row
+    in_order: bool  # the sorted rows are 0..batch-1: no gather or scatter needed
+
+    @property
+    def aligned(self) -> bool:
+        """Exactly one row per slot of the bank: the bank itself is the per-row weight."""
+        return self.uniform == 1 and self.all_used
 
 
 @dataclass
@@ -78,12 +87,16 @@ def _group(names, bank_names, device) -> Group:
     for slot, _ in pairs:
         counts[slot] += 1
     rows = [r for _, r in pairs]
+    used = [i for i, c in enumerate(counts) if c]
+    sizes = {counts[i] for i in used}
     return Group(
         rows=torch.tensor(rows, dtype=torch.long, device=device),
         slot=torch.tensor([s for s, _ in pairs], dtype=torch.long, device=device),
         ends=torch.tensor(list(accumulate(counts)), dtype=torch.int32, device=device),
-        distinct=sum(c > 0 for c in counts),
-        aligned=all(c == 1 for c in counts),
+        distinct=len(used),
+        used=torch.tensor(used, dtype=torch.long, device=device),
+        uniform=sizes.pop() if len(sizes) == 1 else 0,
+        all_used=len(used) == len(counts),
         in_order=rows == list(range(len(names))),
     )
 
@@ -167,7 +180,16 @@ def per_row_forward(layer: LoraLayer, x: torch.Tensor, *args, **kwargs) -> torch
         h = bank.A[group.slot[:, None], ids]  # [n, seq, r_max]
         delta = torch.bmm(h, bank.B.index_select(0, group.slot))  # [n, seq, out]
     else:
-        xs = x.reshape(batch, seq, -1).index_select(0, group.rows).to(bank.A.dtype)
+        xs = x.reshape(batch, seq, -1)
+        if not group.in_order:  # every row has an adapter, in batch order: no copy
+            xs = xs.index_select(0, group.rows)
+        xs = xs.to(bank.A.dtype)
+        if group.uniform and group.in_order and bank.dora is None and result.dtype == xs.dtype:
+            # the decode step of a server: one fused multiply-add onto the base output
+            A, B = _uniform_bank(bank, group)
+            h = torch.bmm(xs.reshape(group.distinct, -1, xs.shape[-1]), A)
+            out = out_rows.reshape(group.distinct, -1, out_rows.shape[-1])
+            return torch.baddbmm(out, h, B).view(result.shape)
         delta = _lora_delta(xs, bank, group, seq)  # [n, seq, out]
     if bank.dora is not None:
         scale = bank.dora.index_select(0, group.slot)[:, None, :]  # [n, 1, out]
@@ -190,8 +212,10 @@ def _lora_delta(xs: torch.Tensor, bank: Bank, group: Group, seq: int) -> torch.T
     token rows to reuse its weights for (prefill), and it never copies the bank.
     """
     n, _, n_in = xs.shape
-    if group.aligned:  # one row per slot, in slot order: the bank is already per-row
-        return torch.bmm(torch.bmm(xs, bank.A), bank.B)
+    if group.uniform:  # c rows for each used slot: [slots, c * seq, in] against the bank
+        A, B = _uniform_bank(bank, group)
+        h = torch.bmm(xs.reshape(group.distinct, -1, n_in), A)
+        return torch.bmm(h, B).view(n, seq, -1)
     key = (xs.device.type, xs.dtype)
     grads = torch.is_grad_enabled() and xs.requires_grad
     reuse = n * seq >= _GROUPED_MIN_ROWS * group.distinct
@@ -212,9 +236,17 @@ def _lora_delta(xs: torch.Tensor, bank: Bank, group: Group, seq: int) -> torch.T
     return torch.bmm(h, bank.B.index_select(0, group.slot))
 
 
+def _uniform_bank(bank: Bank, group: Group) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bank's A and B for the used slots: the bank itself when every slot is used."""
+    if group.all_used:
+        return bank.A, bank.B
+    return bank.A.index_select(0, group.used), bank.B.index_select(0, group.used)
+
+
 def _stamp(layer: LoraLayer) -> tuple:
     """What the bank depends on: adapter names, each tensor's identity and version."""
-    parts: list = [id(layer.base_layer.weight), layer.base_layer.weight._version]
+    base = layer.base_tensor
+    parts: list = [id(base), base._version]
     for name, ad in layer.adapters._modules.items():
         parts.append(name)
         for p in ad._parameters.values():

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from lorakit.lora.layer import Adapter, LoraLayer
+from lorakit.lora.layer import Adapter, LoraLayer, refuse_quantized
 
 
 @torch.no_grad()
@@ -36,6 +36,11 @@ def _pissa(layer: LoraLayer, adapter: Adapter) -> None:
 
     The layer's output is unchanged at init: W_res + scaling * B A = W.
     """
+    refuse_quantized(
+        layer.base_layer,
+        "initialise an adapter with PiSSA (it moves part of W into B A)",
+        "inject with init='pissa' before quantizing",
+    )
     W = layer.weight_linear
     U, S, Vh = torch.linalg.svd(W.detach().to(torch.float32), full_matrices=False)
     r = adapter.r

@@ -148,7 +148,7 @@ def inject(
         layer = module if isinstance(module, LoraLayer) else LoraLayer(module, kind)
         if layer is not module:
             _set_module(model, name, layer)
-        weight = layer.base_layer.weight
+        weight = layer.base_tensor  # a quantized base's codes: adapters are fp32 then
         ad = Adapter(
             layer.in_features,
             layer.out_features,

@@ -20,6 +20,8 @@ KINDS = ("linear", "conv1d", "embedding")
 
 def layer_kind(module: nn.Module) -> str | None:
     """Which LoRA kind a module is, or None if it cannot carry an adapter."""
+    if is_quantized(module):
+        return module.lora_kind
     if isinstance(module, nn.Linear):
         return "linear"
     if isinstance(module, nn.Embedding):
@@ -34,6 +36,33 @@ def layer_kind(module: nn.Module) -> str | None:
 def linear_form(weight: torch.Tensor, kind: str) -> torch.Tensor:
     """The base weight as a [out, in] view sharing storage (so in-place edits reach the base)."""
     return weight if kind == "linear" else weight.T
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """A quantized frozen base (lorakit.models.quantize): codes + dequantized(), no `weight`.
+
+    Read on the class: wrappers (LoraLayer, ModulesToSave) hand attribute reads through to
+    what they wrap, and are not quantized modules themselves."""
+    cls = type(module)
+    return bool(getattr(cls, "quant_type", None)) and callable(getattr(cls, "dequantized", None))
+
+
+def linear_shape(module: nn.Module, kind: str) -> tuple[int, int]:
+    """(out, in) of a base layer in linear form, without dequantizing a quantized one."""
+    if not is_quantized(module):
+        return tuple(linear_form(module.weight, kind).shape)
+    if kind == "embedding":
+        return module.embedding_dim, module.num_embeddings
+    return module.out_features, module.in_features
+
+
+def refuse_quantized(base: nn.Module, what: str, fix: str = "") -> None:
+    """One-line error for what would edit a quantized base weight in place (a no-op on codes)."""
+    if is_quantized(base):
+        raise ConfigError(
+            f"cannot {what}: its base is {base.quant_type}-quantized — "
+            + (fix or "call lorakit.models.quantize.dequantize(model) first")
+        )
 
 
 class Adapter(nn.Module):
@@ -113,15 +142,25 @@ class LoraLayer(nn.Module):
     # -- shape of the base in linear form -------------------------------------------------
     @property
     def in_features(self) -> int:
-        return self.weight_linear.shape[1]
+        return linear_shape(self.base_layer, self.kind)[1]
 
     @property
     def out_features(self) -> int:
-        return self.weight_linear.shape[0]
+        return linear_shape(self.base_layer, self.kind)[0]
 
     @property
     def weight_linear(self) -> torch.Tensor:
+        """W [out, in]: a view of the base weight; of a quantized base, a fresh dequantized
+        copy (edits would not reach the base: merge and PiSSA refuse one)."""
+        if is_quantized(self.base_layer):
+            return linear_form(self.base_layer.dequantized(), self.kind)
         return linear_form(self.base_layer.weight, self.kind)
+
+    @property
+    def base_tensor(self) -> torch.Tensor:
+        """The tensor holding the base weight (a quantized base: its codes): device, versions."""
+        base = self.base_layer
+        return base.codes if is_quantized(base) else base.weight
 
     def __getattr__(self, name: str):
         # Code around the model reads `.weight`, `.bias`, `.num_embeddings`, ... of the
@@ -135,8 +174,7 @@ class LoraLayer(nn.Module):
 
     # -- adapters --------------------------------------------------------------------------
     def add_adapter(self, name: str, adapter: Adapter) -> None:
-        base = self.base_layer.weight
-        adapter.to(base.device)
+        adapter.to(self.base_tensor.device)
         self.adapters[name] = adapter
         if adapter.use_dora:
             with torch.no_grad():
@@ -147,6 +185,7 @@ class LoraLayer(nn.Module):
             raise ConfigError(f"adapter {name!r} is merged — unmerge before deleting it")
         adapter = self.adapters[name]
         if adapter.A0 is not None:  # PiSSA: give the base back its principal part
+            refuse_quantized(self.base_layer, f"give PiSSA adapter {name!r}'s part back to W")
             with torch.no_grad():
                 W = self.weight_linear
                 W.add_((adapter.scaling * adapter.B0 @ adapter.A0).to(W.dtype))
@@ -171,7 +210,10 @@ class LoraLayer(nn.Module):
         if self.kind == "embedding":
             h = self._embed(x, ad.A.T)  # [..., r]
             return _add_scaled(result, h, ad.B, ad.scaling)
-        xa = x if x.dtype == ad.A.dtype else x.to(ad.A.dtype)
+        # Under autocast the matmuls pick their own dtype: casting x to the fp32 adapter
+        # would only add a copy of the activations.
+        autocast = torch.is_autocast_enabled(x.device.type)
+        xa = x if x.dtype == ad.A.dtype or autocast else x.to(ad.A.dtype)
         dropped = self.training and ad.dropout > 0
         if dropped:  # with dropout 0 there is no extra copy of the input
             xa = F.dropout(xa, ad.dropout, training=True)
@@ -203,8 +245,9 @@ class LoraLayer(nn.Module):
 def _add_scaled(
     result: torch.Tensor, h: torch.Tensor, B: torch.Tensor, scaling: float
 ) -> torch.Tensor:
-    """result + scaling * h @ B.T, fused into one addmm when dtypes agree."""
-    if result.dtype == B.dtype and result.dim() >= 2:
+    """result + scaling * h @ B.T, fused into one addmm when dtypes agree (or autocast casts)."""
+    same = result.dtype == B.dtype or torch.is_autocast_enabled(result.device.type)
+    if same and result.dim() >= 2:
         out = result.shape[-1]
         fused = torch.addmm(result.reshape(-1, out), h.reshape(-1, h.shape[-1]), B.T, alpha=scaling)
         return fused.view(result.shape)

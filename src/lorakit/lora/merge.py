@@ -1,4 +1,7 @@
-"""Merging adapters into base weights, and back. Always explicit, never a side effect."""
+"""Merging adapters into base weights, and back. Always explicit, never a side effect.
+
+A quantized base (lorakit.models.quantize) holds codes, not a weight to add B A to: merging
+into it is refused; `dequantize(model)` first turns it back into plain layers."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from torch import nn
 
 from lorakit.errors import ConfigError
 from lorakit.lora.inject import _set_module, adapter_configs
-from lorakit.lora.layer import LoraLayer
+from lorakit.lora.layer import LoraLayer, is_quantized, refuse_quantized
 from lorakit.lora.manage import _check_known, active_adapters, lora_layers, set_adapter
 from lorakit.lora.saved_module import ModulesToSave
 
@@ -17,6 +20,7 @@ from lorakit.lora.saved_module import ModulesToSave
 @torch.no_grad()
 def merge_layer(layer: LoraLayer, name: str) -> None:
     """W <- W + scaling * B A (DoRA: W <- m / ||W + scaling * B A|| * (W + scaling * B A))."""
+    refuse_quantized(layer.base_layer, f"merge adapter {name!r} into its layer", _FIX)
     ad = layer.adapters[name]
     W = layer.weight_linear  # [out, in] view of the base weight
     delta = ad.delta_weight().to(torch.float32)
@@ -40,6 +44,19 @@ def unmerge_layer(layer: LoraLayer, name: str) -> None:
     else:
         W.sub_(delta.to(W.dtype))
     layer.merged.remove(name)
+
+
+_FIX = (
+    "call lorakit.models.quantize.dequantize(model) first, or merge into the unquantized "
+    "base (`lorakit merge` loads it from disk)"
+)
+
+
+def _refuse_quantized_targets(model: nn.Module, names: list[str]) -> None:
+    """Check every layer before merging any, so a refusal leaves the model as it was."""
+    for path, layer in lora_layers(model).items():
+        if any(n in layer.adapters and n not in layer.merged for n in names):
+            refuse_quantized(layer.base_layer, f"merge into {path}", _FIX)
 
 
 def _parameter_owners(model: nn.Module) -> Counter:
@@ -78,6 +95,7 @@ def merge(model: nn.Module, adapter: str | None = None) -> None:
     _check_known(model, names)
     if not names:
         raise ConfigError("no adapter to merge — pass adapter=... or set_adapter() first")
+    _refuse_quantized_targets(model, names)
     owners = _parameter_owners(model)
     for layer in lora_layers(model).values():
         for name in names:
@@ -97,7 +115,14 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge the active adapters and return the model with plain torch modules only.
 
     Inactive adapters are dropped; modules_to_save are replaced by the active adapter's copy.
+    A model with quantized modules is refused: "plain torch modules" would be a lie.
     """
+    quantized = [n for n, m in model.named_modules() if is_quantized(m)]
+    if quantized:
+        raise ConfigError(
+            f"cannot merge_and_unload: the model has quantized modules ({quantized[0]}, "
+            f"{len(quantized)} in all) — {_FIX}"
+        )
     active = active_adapters(model)
     if active:
         merge(model)

@@ -2,7 +2,9 @@
 
 A checkpoint is a directory `step-00000042/` holding the trainable tensors
 (safetensors), the optimizer state and RNG state (torch.save, read back with
-weights_only=True) and `state.json` (step, epoch, position in the epoch, log so far).
+weights_only=True; under torchrun, every rank's RNG state) and `state.json` (step, epoch,
+position in the epoch, log so far). Tensors are whole even under FSDP, so single-process,
+DDP and FSDP runs read each other's checkpoints.
 It is built in a temp directory and renamed into place, so a kill at any moment leaves
 either the previous checkpoint or the new one.
 """
@@ -21,6 +23,12 @@ from torch import nn
 
 from lorakit.atomic import atomic_dir
 from lorakit.errors import LorakitError
+from lorakit.train.fsdp import (
+    copy_full_,
+    full_optimizer_state,
+    full_trainable,
+    shard_optimizer_state,
+)
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -36,23 +44,31 @@ class TrainState:
     log: list[dict] = field(default_factory=list)
 
 
+def trainable_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """(trainable tensors, optimizer state) as a checkpoint holds them: whole tensors.
+
+    Under FSDP this gathers the shards, a collective: every rank calls it, rank 0 saves.
+    """
+    return full_trainable(model), full_optimizer_state(optimizer)
+
+
 def save_checkpoint(
     root: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    optimizer_state: dict,
     state: TrainState,
     keep_last: int,
+    rng_ranks: list[torch.Tensor] | None = None,
 ) -> Path:
+    """Write `step-N/` from trainable_state(); rng_ranks: every rank's RNG state under
+    torchrun (rank order)."""
     path = Path(root) / f"step-{state.step:08d}"
-    tensors = {
-        n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad
-    }
     with atomic_dir(path, overwrite=True) as tmp:
         save_file(tensors, str(tmp / "trainable.safetensors"))
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()},
-            tmp / "optimizer.pt",
-        )
+        extra = {"optimizer": optimizer_state, "rng": torch.get_rng_state()}
+        if rng_ranks:
+            extra["rng_ranks"] = rng_ranks
+        torch.save(extra, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
     for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -66,8 +82,14 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
-    """Restore trainable tensors, optimizer and RNG from `path`; return the saved TrainState."""
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int = 0
+) -> TrainState:
+    """Restore trainable tensors, optimizer and RNG from `path`; return the saved TrainState.
+
+    `rank` picks that rank's RNG state from a torchrun checkpoint. A rank the checkpoint has
+    no state for (resumed with more processes) gets a fresh stream of its own.
+    """
     try:
         tensors = load_file(str(path / "trainable.safetensors"))
         extra = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
@@ -83,7 +105,11 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         )
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(tensors[name])
-    optimizer.load_state_dict(extra["optimizer"])
-    torch.set_rng_state(extra["rng"])
+            copy_full_(p, tensors[name])
+    optimizer.load_state_dict(shard_optimizer_state(optimizer, extra["optimizer"]))
+    rngs = extra.get("rng_ranks") or [extra["rng"]]
+    if rank < len(rngs):
+        torch.set_rng_state(rngs[rank])
+    else:
+        torch.manual_seed(state.step * 1_000_003 + rank)
     return state

@@ -19,8 +19,16 @@ from lorakit.config import TrainConfig
 from lorakit.data import collate, collate_packed, length_grouped_batches, lengths_of, pack
 from lorakit.lora import trainable_line, trainable_parameters
 from lorakit.models.load import load_model, load_tokenizer, model_dir, resolve_model
-from lorakit.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
-from lorakit.train.loss import loss_fn
+from lorakit.train import distributed
+from lorakit.train.checkpoint import (
+    TrainState,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    trainable_state,
+)
+from lorakit.train.fsdp import is_sharded, shard
+from lorakit.train.loss import IGNORE, loss_fn
 from lorakit.train.optim import build_optimizer, warmup_cosine
 from lorakit.train.outputs import Board, write_json, write_log_csv
 from lorakit.train.prepare import Prepared, prepare
@@ -44,7 +52,8 @@ class Run:
 def build(config: TrainConfig, log=print) -> Run:
     """Output dir, tokenizer, data, model and method, seeded: the same config builds the same run."""
     check_output(config)  # nothing is written until the model and data are known to be good
-    device = resolve_device(config.device)
+    device = distributed.setup(resolve_device(config.device))
+    log = distributed.main_only(log)
     tokenizer = load_tokenizer(model_dir(resolve_model(config.model)), config.task)
     data = prepare(config, tokenizer)
     log(
@@ -57,36 +66,73 @@ def build(config: TrainConfig, log=print) -> Run:
     )
     apply_method(model, config)
     model.to(device)
-    out = create_output(config)
-    write_json(out / "config.json", config.model_dump(mode="json"))
-    return Run(config, out, model, tokenizer, data, TrainState(), device)
+    if distributed.active() and config.distributed == "fsdp":
+        shard(model)
+    # Only rank 0 touches the disk. The first barrier keeps it from creating (or, with
+    # --overwrite, deleting) the directory while another rank is still in check_output; the
+    # second keeps the others from reading the directory before it is ready.
+    distributed.barrier()
+    if distributed.is_main():
+        out = create_output(config)
+        write_json(out / "config.json", config.model_dump(mode="json"))
+    distributed.barrier()
+    return Run(config, Path(config.output), model, tokenizer, data, TrainState(), device)
 
 
 def _epoch_batches(run: Run, epoch: int) -> list[dict]:
-    """The epoch's micro-batches as tensors (a pure function of seed and epoch)."""
+    """This rank's share of the epoch's micro-batches (a pure function of seed and epoch).
+
+    batch_size is the global micro-batch: every rank cuts the same micro-batches and takes
+    examples rank, rank + world, ... of each (strided, so the length-sorted batches give
+    every rank similar lengths). One process takes them all, as it always did.
+    """
     cfg, pad_id = run.config, run.tokenizer.pad_token_id
+    rank, world = distributed.rank(), distributed.world()
     if cfg.packing and cfg.task == "causal-lm":
         rows = pack(run.data.train, cfg.max_length, pad_id)
         order = torch.randperm(
             len(rows), generator=torch.Generator().manual_seed(cfg.seed + epoch)
         ).tolist()
         dtype = next(run.model.parameters()).dtype
-        batches = []
-        for s in range(0, len(order), cfg.batch_size):
-            chunk = [rows[i] for i in order[s : s + cfg.batch_size]]
+        groups = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+
+        def make(idx: list[int]) -> dict:
+            chunk = [rows[i] for i in idx]
             batch = collate_packed(chunk, dtype)
             # real tokens, not the padding at the end of each row
             batch["n_tokens"] = torch.tensor(sum(sum(r["seq_lens"]) for r in chunk))
-            batches.append(batch)
-        return batches
-    groups = length_grouped_batches(
-        lengths_of(run.data.train), cfg.batch_size, seed=cfg.seed + epoch
-    )
-    return [collate([run.data.train[i] for i in idx], pad_id) for idx in groups]
+            return batch
+
+    else:
+        groups = length_grouped_batches(
+            lengths_of(run.data.train), cfg.batch_size, seed=cfg.seed + epoch
+        )
+
+        def make(idx: list[int]) -> dict:
+            return collate([run.data.train[i] for i in idx], pad_id)
+
+    return [_share(idx, make, rank, world) for idx in groups]
+
+
+def _share(idx: list[int], make, rank: int, world: int) -> dict:
+    """This rank's examples of one global micro-batch, as tensors.
+
+    A rank left without examples (a last batch smaller than the world) runs a stand-in
+    example whose loss counts zero: every rank still takes part in each collective (FSDP's
+    forward is one), and the gradients it adds are exactly zero.
+    """
+    mine = idx[rank::world]
+    if mine:
+        return make(mine)
+    batch = make(idx[:1])
+    batch["stand_in"] = torch.tensor(1)
+    return batch
 
 
 def _count_tokens(batch: dict) -> int:
     """Real (non-padding) input tokens of a micro-batch."""
+    if "stand_in" in batch:
+        return 0
     if "n_tokens" in batch:
         return int(batch["n_tokens"])
     return int(batch["attention_mask"].sum())
@@ -110,13 +156,28 @@ def fit(run: Run, evaluate_fn=None, log=print, progress: bool = True) -> TrainSt
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     schedule = warmup_cosine(total, int(cfg.warmup_ratio * total))
     ckpt_dir = run.out / "checkpoints"
+    main, rank = distributed.is_main(), distributed.rank()
+    log, progress = distributed.main_only(log), progress and main
     state = TrainState()
+    # Every rank reads the same checkpoint (rank 0 wrote it; none is written before every
+    # rank has passed this point, as rank 0 cannot finish a step alone).
     if cfg.resume and list_checkpoints(ckpt_dir):
-        state = load_checkpoint(list_checkpoints(ckpt_dir)[-1], model, optimizer)
+        state = load_checkpoint(list_checkpoints(ckpt_dir)[-1], model, optimizer, rank)
         log(f"resumed from step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
+    elif rank > 0:
+        # Dropout masks must differ between ranks: rank 0 keeps the single-process stream,
+        # the others get their own, derived from the seed (and saved in checkpoints).
+        torch.manual_seed(cfg.seed * 1_000_003 + rank)
+    if not is_sharded(model):
+        # Replicas start identical, whatever the hardware did with init (e.g. PiSSA's SVD).
+        distributed.broadcast_from_main([p for p in model.parameters() if p.requires_grad])
     run.state = state
     log(trainable_line(model))
-    board = Board(run.out / "tensorboard", purge_step=state.step + 1 if state.step else None)
+    board = (
+        Board(run.out / "tensorboard", purge_step=state.step + 1 if state.step else None)
+        if main
+        else None
+    )
     bar = Progress(total, state.step, enabled=progress)
     t_start = time.perf_counter() - state.seconds
     model.train()
@@ -127,7 +188,7 @@ def fit(run: Run, evaluate_fn=None, log=print, progress: bool = True) -> TrainSt
             b = state.batch_in_epoch
             while b < len(batches) and state.step < total:
                 group = batches[b : min(b + cfg.grad_accum, len(batches))]
-                loss_value = _step(
+                loss_value, samples, tokens = _step(
                     model,
                     optimizer,
                     group,
@@ -140,8 +201,8 @@ def fit(run: Run, evaluate_fn=None, log=print, progress: bool = True) -> TrainSt
                 b += len(group)
                 state.step += 1
                 state.batch_in_epoch = b
-                state.samples += sum(len(x["input_ids"]) for x in group)
-                state.tokens += sum(_count_tokens(x) for x in group)
+                state.samples += samples
+                state.tokens += tokens
                 state.seconds = time.perf_counter() - t_start
                 row = {
                     "step": state.step,
@@ -161,44 +222,95 @@ def fit(run: Run, evaluate_fn=None, log=print, progress: bool = True) -> TrainSt
                     row["val_metric"] = evaluate_fn(run)
                     model.train()
                 state.log.append(row)
-                board.log(
-                    state.step,
-                    {
-                        "train/loss": loss_value,
-                        "train/lr": row["lr"],
-                        "val/metric": row["val_metric"],
-                    },
-                )
+                if board:
+                    board.log(
+                        state.step,
+                        {
+                            "train/loss": loss_value,
+                            "train/lr": row["lr"],
+                            "val/metric": row["val_metric"],
+                        },
+                    )
                 bar.update(state.step, loss_value, row["tokens_per_s"])
                 if state.step % cfg.save_every == 0 or state.step == total:
-                    save_checkpoint(ckpt_dir, model, optimizer, state, cfg.keep_last)
-                    write_log_csv(run.out / "train_log.csv", state.log)
+                    _checkpoint(run, optimizer, state)
             if b >= len(batches):
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 batches = None
     finally:
         bar.close()
-        board.close()
+        if board:
+            board.close()
     model.eval()
     return state
 
 
-def _step(model, optimizer, group, compute_loss, device, cfg, base_lrs, factor) -> float:
+def _checkpoint(run: Run, optimizer, state: TrainState) -> None:
+    """Rank 0 writes the checkpoint; every rank takes part in gathering what goes in it
+    (every rank's RNG state; under FSDP, the shards)."""
+    tensors, optimizer_state = trainable_state(run.model, optimizer)
+    rngs = distributed.all_gather_object(torch.get_rng_state()) if distributed.active() else None
+    if distributed.is_main():
+        ckpt_dir = run.out / "checkpoints"
+        save_checkpoint(ckpt_dir, tensors, optimizer_state, state, run.config.keep_last, rngs)
+        write_log_csv(run.out / "train_log.csv", state.log)
+
+
+def _step(model, optimizer, group, compute_loss, device, cfg, base_lrs, factor):
+    """One optimizer step over `group` (this rank's share of grad_accum micro-batches).
+
+    Returns the global batch's (loss, samples, tokens). A micro-batch's loss is a mean
+    (over its labelled tokens, or its examples); under torchrun each rank divides its *sum*
+    by the global count and the gradients are summed over ranks, which is exactly the
+    gradient one process gets from the whole micro-batch, however unevenly it is split.
+    """
     for g, lr in zip(optimizer.param_groups, base_lrs, strict=True):
         g["lr"] = lr * factor
+    sharded = distributed.active()
+    counts = [[_loss_terms(b, cfg.task), _count_samples(b), _count_tokens(b)] for b in group]
+    if sharded:  # global denominators and counters, in one collective
+        summed = torch.tensor(counts, dtype=torch.long, device=device)
+        distributed.all_reduce_sum([summed])
+        counts = summed.tolist()
     total = 0.0
-    for batch in group:
+    for batch, (terms, _, _) in zip(group, counts, strict=True):
+        stand_in = "stand_in" in batch
         batch = {k: v.to(device) for k, v in batch.items()}
         with _autocast(device):
-            loss = compute_loss(model, batch) / len(group)
+            if sharded:
+                loss = compute_loss(model, batch, reduction="sum") / (terms * len(group))
+                loss = loss * 0.0 if stand_in else loss
+            else:
+                loss = compute_loss(model, batch) / len(group)
         loss.backward()
         total += loss.item()
-    if cfg.max_grad_norm:
-        params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if sharded:
+        summed = torch.tensor([total], device=device)
+        if is_sharded(model):  # FSDP has reduce-scattered the gradients in backward
+            distributed.all_reduce_sum([summed])
+        else:
+            distributed.sum_gradients(params, summed)
+        total = summed.item()
+    if cfg.max_grad_norm:  # after the sum: every rank clips by the same global norm
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total
+    return total, sum(c[1] for c in counts), sum(c[2] for c in counts)
+
+
+def _loss_terms(batch: dict, task: str) -> int:
+    """What a micro-batch's loss is a mean over: labelled next-token positions, or examples."""
+    if "stand_in" in batch:
+        return 0
+    if task == "classification":
+        return len(batch["labels"])
+    # the shift causal_lm_loss applies: position t predicts label t + 1
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def _count_samples(batch: dict) -> int:
+    return 0 if "stand_in" in batch else len(batch["input_ids"])
 
 
 def parameter_counts(model) -> dict:

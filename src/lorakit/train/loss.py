@@ -6,15 +6,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.lora.layer import is_quantized
+from lorakit.train.fsdp import is_sharded
+from lorakit.train.linear_ce import linear_cross_entropy
+
 IGNORE = -100
+# config fields of models whose forward rescales or caps the head's output (Gemma 2/3, Cohere, ...)
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "output_multiplier_scale",
+)
 
 
-def classification_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+def classification_loss(model: nn.Module, batch: dict, reduction: str = "mean") -> torch.Tensor:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(logits.float(), batch["labels"])
+    return F.cross_entropy(logits.float(), batch["labels"], reduction=reduction)
 
 
 def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    config = getattr(model, "config", None)
+    if any(getattr(config, k, None) for k in _LOGIT_TRANSFORMS):
+        return None  # the model changes its logits after the head: only its own forward is right
+    if is_sharded(model):
+        return None  # FSDP: only the model's own forward gathers its embeddings and head
     prefix = getattr(model, "base_model_prefix", None)
     body = getattr(model, prefix, None) if prefix else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -34,11 +50,16 @@ def causal_lm_loss(model: nn.Module, batch: dict, reduction: str = "mean") -> to
     parts = _body_and_head(model)
     if parts is None:  # not a transformers causal LM: fall back to the full forward
         logits = model(**inputs).logits[:, :-1][keep]
-    else:
-        body, head = parts
-        hidden = body(**inputs, use_cache=False)[0][:, :-1]  # [B, T-1, H]
-        logits = head(hidden[keep])  # [N, vocab], N = labelled positions
-    return F.cross_entropy(logits.float(), labels[keep], reduction=reduction)
+        return F.cross_entropy(logits.float(), labels[keep], reduction=reduction)
+    body, head = parts
+    hidden = body(**inputs, use_cache=False)[0][:, :-1][keep]  # [N, H], N = labelled positions
+    if type(head) is nn.Linear:  # a plain head: the [N, vocab] logits never exist in full
+        return linear_cross_entropy(hidden, head.weight, labels[keep], head.bias, reduction)
+    if is_quantized(head):
+        # a quantized (frozen) head: its weight dequantized once, the logits still chunked
+        weight = head.dequantized(hidden.dtype)
+        return linear_cross_entropy(hidden, weight, labels[keep], head.bias, reduction)
+    return F.cross_entropy(head(hidden).float(), labels[keep], reduction=reduction)
 
 
 def loss_fn(task: str):

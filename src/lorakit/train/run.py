@@ -14,6 +14,8 @@ from lorakit.eval.run import (
     evaluate_perplexity,
     finite,
 )
+from lorakit.train import distributed
+from lorakit.train.fsdp import gathered
 from lorakit.train.loop import Run, build, fit, parameter_counts
 from lorakit.train.outputs import plot_confusion, plot_training, write_json, write_log_csv
 
@@ -69,7 +71,22 @@ def train(config: TrainConfig, log=print, progress: bool = True, baseline: bool 
 
     baseline: also score the untrained model on the test split first ("test_before"):
     the base model, with a fresh head for classification (a new adapter changes nothing).
+
+    Under torchrun every rank runs this; only rank 0 logs and writes. Evaluation runs on
+    every rank, each over the whole split: the ranks hold identical models, so they get
+    identical numbers (the metrics a single process gets), no rank sits at a barrier that
+    a long evaluation could time out, and it works unchanged under FSDP, where a forward
+    pass is itself a collective that every rank must join. The cost is duplicated
+    evaluation compute, not wall time: the other ranks would otherwise wait.
     """
+    try:
+        return _train(config, log, progress, baseline)
+    finally:
+        distributed.teardown()
+
+
+def _train(config: TrainConfig, log, progress: bool, baseline: bool) -> dict:
+    log = distributed.main_only(log)
     run = build(config, log)
     before = finite(test_metrics(run, "test")) if baseline else None
     state = fit(run, validation_metric, log, progress)
@@ -102,8 +119,12 @@ def train(config: TrainConfig, log=print, progress: bool = True, baseline: bool 
             if config.task == "classification"
             else metrics["validation"].get("perplexity")
         )
-    metrics["artifact_bytes"] = _save_artifacts(run)
-    _write_reports(run, metrics)
+    # Under FSDP every rank gathers the weights being saved (a collective); rank 0 writes.
+    with gathered(run.model, trainable_only=config.method in ("lora", "dora")):
+        if distributed.is_main():
+            metrics["artifact_bytes"] = _save_artifacts(run)
+            _write_reports(run, metrics)
+    distributed.barrier()  # every rank returns once the run directory is complete
     return metrics
 
 

@@ -13,8 +13,18 @@ from lorakit.config import TrainConfig
 from lorakit.errors import ConfigError, LorakitError, OutputExistsError
 from lorakit.lora import inject
 
-# Fields that may differ between a run and its resumption.
-_RESUME_FREE = {"resume", "overwrite", "output", "device", "eval_every", "save_every", "keep_last"}
+# Fields that may differ between a run and its resumption (checkpoints hold whole tensors,
+# so a DDP, FSDP or single-process run resumes any other).
+_RESUME_FREE = {
+    "resume",
+    "overwrite",
+    "output",
+    "device",
+    "distributed",
+    "eval_every",
+    "save_every",
+    "keep_last",
+}
 
 
 def check_output(config: TrainConfig) -> Path:
@@ -28,7 +38,11 @@ def check_output(config: TrainConfig) -> Path:
             )
         old = json.loads(saved.read_text())
         new = config.model_dump(mode="json")
-        changed = sorted(k for k in new if k not in _RESUME_FREE and old.get(k) != new[k])
+        # a field newer than the run (e.g. quantize) ran at its default
+        defaults = {k: f.default for k, f in TrainConfig.model_fields.items()}
+        changed = sorted(
+            k for k in new if k not in _RESUME_FREE and old.get(k, defaults.get(k)) != new[k]
+        )
         if changed:
             raise ConfigError(
                 f"--resume with a different config ({', '.join(changed)}) — resume with the run's own "
@@ -78,7 +92,12 @@ def apply_method(model: nn.Module, config: TrainConfig) -> nn.Module:
                 module.p = config.model_dropout
     if config.method in ("lora", "dora"):
         saved = [head_name(model, config.task)] if config.task == "classification" else None
-        return inject(model, config.lora_config(modules_to_save=saved))
+        inject(model, config.lora_config(modules_to_save=saved))
+        if config.quantize != "none":  # after inject: LoRA layers wrap the quantized bases
+            from lorakit.models.quantize import quantize
+
+            quantize(model, config.quantize)
+        return model
     if config.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)

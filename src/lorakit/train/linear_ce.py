@@ -1,0 +1,92 @@
+"""Cross-entropy of a linear head without the full logits: chunked, gradient computed in forward.
+
+The LM head's logits are the largest tensor of a causal-LM step: [tokens, vocab] in fp32 (4 x 256
+tokens x 49,152 vocab = 201 MB for SmolLM2, 525 MB for a 128k vocabulary), kept for backward
+and matched by a gradient of the same size. The loss is a scalar, so its gradient with
+respect to the logits is known in forward: softmax(logits) - onehot(label). This function
+walks the labelled rows in chunks, computes each chunk's loss and its gradients with respect
+to the hidden states (and the head weight when that trains) right away, and keeps only those;
+backward just scales them by the incoming scalar. Same FLOPs as the plain head + cross-entropy,
+a chunk of logits alive at a time instead of all of them (the idea of Liger's
+fused-linear-cross-entropy, written here with torch ops).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MB in fp32
+
+
+def chunk_rows(vocab: int) -> int:
+    return max(64, CHUNK_ELEMENTS // max(vocab, 1))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, rows, grad_enabled):
+        # forward runs with grad mode off: whether anyone will call backward is passed in
+        want = tuple(grad_enabled and ctx.needs_input_grad[i] for i in range(3))
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # at least fp32 for the softmax
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        g_hidden = torch.empty_like(hidden) if want[0] else None
+        g_weight = torch.zeros_like(weight, dtype=acc) if want[1] else None
+        g_bias = torch.zeros_like(bias, dtype=acc) if want[2] else None
+        w_h = weight.to(hidden.dtype) if want[0] else None  # one cast, not one per chunk
+        for s in range(0, hidden.shape[0], rows):
+            h, y = hidden[s : s + rows], labels[s : s + rows]
+            logits = F.linear(h, weight, bias).to(acc)  # [n, vocab]
+            valid = y != IGNORE
+            safe = torch.where(valid, y, 0)
+            lse = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(1, safe[:, None]).squeeze(1)
+            total += torch.where(valid, lse - picked, 0.0).sum()
+            if not any(want):
+                continue
+            # d loss / d logits = softmax - onehot, in place over the chunk's logits
+            grad = logits.sub_(lse[:, None]).exp_()
+            grad[torch.arange(len(y), device=y.device), safe] -= 1.0
+            grad.mul_(valid[:, None])
+            g = grad.to(h.dtype)
+            if g_hidden is not None:
+                g_hidden[s : s + rows] = g @ w_h
+            if g_weight is not None:
+                g_weight += grad.T @ h.to(acc)
+            if g_bias is not None:
+                g_bias += grad.sum(0)
+        ctx.save_for_backward(*(t for t in (g_hidden, g_weight, g_bias) if t is not None))
+        ctx.present = [t is not None for t in (g_hidden, g_weight, g_bias)]
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = iter(ctx.saved_tensors)
+        grads = [next(saved) if present else None for present in ctx.present]
+        out = [
+            None if g is None else (g * grad_out.to(g.dtype)).to(dtype)
+            for g, dtype in zip(grads, ctx.dtypes, strict=True)
+        ]
+        return out[0], out[1], out[2], None, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """cross_entropy(hidden @ weight.T + bias, labels) for [N, H] hidden, [V, H] weight, [N] labels.
+
+    Labels equal to -100 are ignored; "mean" divides by the number of the others.
+    """
+    rows = chunk_rows(weight.shape[0])
+    total = _LinearCrossEntropy.apply(hidden, weight, bias, labels, rows, torch.is_grad_enabled())
+    if reduction == "sum":
+        return total
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return total / (labels != IGNORE).sum().clamp(min=1)

@@ -71,7 +71,7 @@ def quantize_int8(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype=None) -> torch.Tensor:
     dtype = dtype or scale.dtype
-    return q.to(dtype) * scale.to(dtype)[:, None]
+    return q.to(dtype).mul_(scale.to(dtype)[:, None])  # in place: one weight-sized tensor
 
 
 def quantize_nf4(W: torch.Tensor, block: int = NF4_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,8 +195,8 @@ class Int8Linear(_QuantLinear):
     # The scale factors out of the matmul: the weight is only converted, never multiplied.
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         q, scale = self._codes()
-        y = F.linear(x, q.to(x.dtype))
-        return y * scale.to(y.dtype)
+        y = F.linear(x, q.to(x.dtype))  # a fresh tensor, outside autograd: scaled in place
+        return y.mul_(scale.to(y.dtype))
 
     def matmul_grad(self, grad: torch.Tensor) -> torch.Tensor:
         q, scale = self._codes()

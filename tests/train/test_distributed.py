@@ -231,15 +231,21 @@ def test_causal_lm_equals_one_process(lm_single, tmp_path, llama_model_dir, qa_j
     assert _max_diff(single, _adapter(out)) <= TOL
 
 
-def test_refusal_is_one_error_line_and_exit_2_per_rank(cls_runs, bert_dir, sentiment_csv):
-    """An existing output without --overwrite: each rank refuses before writing anything."""
+def test_refusal_is_a_one_line_error_and_exit_2(cls_runs, bert_dir, sentiment_csv):
+    """An existing output without --overwrite: each rank refuses before writing anything.
+
+    torchrun stops the other ranks as soon as the first one exits, so one or both ranks
+    get to print their line; each line printed is the one-line refusal."""
     tmp, _ = cls_runs
     out = tmp / "ddp"
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     cmd = _torchrun("-m", "lorakit", *_cls_args(bert_dir, sentiment_csv, out))
     done = subprocess.run(cmd, env=_env(tmp), capture_output=True, text=True, timeout=300)
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 2 and all("already exists" in e for e in errors), done.stderr[-3000:]
+    assert 1 <= len(errors) <= 2, done.stderr[-3000:]
+    assert all("already exists" in e for e in errors), done.stderr[-3000:]
+    # no Python traceback from lorakit's own code (torchrun prints its own for the failed child)
+    assert "src/lorakit/" not in done.stderr and "site-packages/lorakit/" not in done.stderr
     # the workers exit 2; torchrun itself reports them and exits 1 (its own convention)
     assert done.returncode != 0 and "exitcode  : 2" in done.stderr
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before

@@ -54,6 +54,27 @@ def timed(fn, device="cpu", repeat: int = 5, warmup: int = 1) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def timed_interleaved(fns: dict, device="cpu", repeat: int = 5, warmup: int = 1) -> dict:
+    """Median seconds of each of `fns` over `repeat` rounds, one call of each per round.
+
+    Round-robin instead of one variant after the other: on a shared or throttled machine
+    the speed drifts over minutes, and interleaving spreads that drift over every variant
+    instead of charging it to whichever ran last.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

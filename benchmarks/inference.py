@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import load, timed
+from common import load, timed_interleaved
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -39,36 +39,20 @@ def _step(model, ids, cache):
         cache.crop(-ids.shape[1])
 
 
-def main() -> None:
-    from peft import LoraConfig, get_peft_model
-
-    import lorakit
-
-    p = argparse.ArgumentParser()
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--repeat", type=int, default=7)
-    args = p.parse_args()
-    dev = args.device
-    ours = load(args.model, dev).eval()
-    shapes = _shapes(ours, dev)
-    results = {}
-
-    def measure(label, model):
-        for shape, (ids, cache) in shapes.items():
-            results[(label, shape)] = timed(
-                lambda i=ids, c=cache: _step(model, i, c), dev, args.repeat
-            )
-
-    measure("base", ours)
-    lorakit.inject(ours, lorakit.LoraConfig(r=16, alpha=32, target_modules=TARGETS))
+def _random_B(model) -> None:
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for name, prm in ours.named_parameters():
+        for name, prm in model.named_parameters():
             if name.endswith(".B"):
                 prm.copy_(torch.randn(prm.shape, generator=g).mul_(0.01).to(prm.dtype))
+
+
+def _peft_copy(model_name, dev, ours):
+    """A peft model holding exactly `ours`' adapter tensors."""
+    from peft import LoraConfig, get_peft_model
+
     theirs = get_peft_model(
-        load(args.model, dev).eval(),
+        load(model_name, dev).eval(),
         LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, lora_dropout=0.0),
     ).eval()
     mine = dict(ours.named_parameters())
@@ -77,13 +61,37 @@ def main() -> None:
             if ".lora_A." in name or ".lora_B." in name:
                 stem, rest = name.removeprefix("base_model.model.").split(".lora_", 1)
                 prm.copy_(mine[f"{stem}.adapters.default.{rest.split('.')[0]}"].to(prm.dtype))
-    measure("lorakit unmerged", ours)
-    measure("peft unmerged", theirs)
-    lorakit.merge(ours)
-    theirs.merge_adapter()
-    measure("lorakit merged", ours)
-    measure("peft merged", theirs)
-    print(f"\n{args.model} on {dev}, r=16 q/k/v/o; median of {args.repeat}")
+    return theirs
+
+
+def main() -> None:
+    import lorakit
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--repeat", type=int, default=7)
+    args = p.parse_args()
+    dev = args.device
+    # Five models side by side (same base weights, same adapter tensors), timed round-robin.
+    base = load(args.model, dev).eval()
+    shapes = _shapes(base, dev)
+    models = {"base": base}
+    for state in ("unmerged", "merged"):
+        ours = load(args.model, dev).eval()
+        lorakit.inject(ours, lorakit.LoraConfig(r=16, alpha=32, target_modules=TARGETS))
+        _random_B(ours)
+        theirs = _peft_copy(args.model, dev, ours)
+        if state == "merged":
+            lorakit.merge(ours)
+            theirs.merge_adapter()
+        models[f"lorakit {state}"], models[f"peft {state}"] = ours, theirs
+    results = {}
+    for shape, (ids, cache) in shapes.items():
+        fns = {label: (lambda m=m, i=ids, c=cache: _step(m, i, c)) for label, m in models.items()}
+        for label, t in timed_interleaved(fns, dev, args.repeat).items():
+            results[(label, shape)] = t
+    print(f"\n{args.model} on {dev}, r=16 q/k/v/o; median of {args.repeat} rounds, interleaved")
     print("| shape | variant | ms | vs base | lorakit vs peft |")
     print("|---|---|---|---|---|")
     for shape in shapes:

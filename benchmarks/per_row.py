@@ -12,6 +12,8 @@ adapters (the peft model gets lorakit's tensors, so both compute the same functi
 - peft: `model(..., adapter_names=names)` — peft's mixed-batch forward, one forward;
 - one adapter at a time: rows grouped by adapter, one forward per group (how a single-adapter
   stack serves them; lorakit's set_adapter, so only the strategy differs).
+Base, lorakit and peft are timed round-robin (one step of each per round), so a drift of
+the machine's speed does not favour any of them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import argparse
 import copy
 
 import torch
-from common import load, timed
+from common import load, timed, timed_interleaved
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -95,7 +97,7 @@ def main() -> None:
         kv.crop(-ids.shape[1])  # drop the appended tokens: every step sees the same cache
         return out
 
-    base = timed(lambda: step(model, new, cache), dev, args.repeat)
+    plain = load(args.model, dev).eval()  # the base-only model, timed beside the others
     _random_adapters(model, max(counts), dev)
     peft_model = _peft_copy(load(args.model, dev).eval(), model, max(counts))
     tok = args.rows * args.tokens
@@ -117,9 +119,16 @@ def main() -> None:
         diff = (ours().float() - theirs().float()).abs().max().item()
         scale = ours().float().abs().max().item()
         assert diff <= 2e-2 * scale, f"lorakit and peft disagree: {diff} (scale {scale})"
+        # round-robin, so a drift of the machine's speed is shared by all three
+        t = timed_interleaved(
+            {"base": lambda: step(plain, new, cache), "ours": ours, "theirs": theirs},
+            dev,
+            args.repeat,
+        )
+        base = t["base"]
         rows = [("base only", base)]
-        rows.append(("lorakit `adapter_per_row`", timed(ours, dev, args.repeat)))
-        rows.append(("peft `adapter_names=`", timed(theirs, dev, args.repeat)))
+        rows.append(("lorakit `adapter_per_row`", t["ours"]))
+        rows.append(("peft `adapter_names=`", t["theirs"]))
         if not args.skip_one_at_a_time:
             groups = {n: [r for r, m in enumerate(names) if m == n] for n in dict.fromkeys(names)}
             subsets = {n: _subset(cache, idx) for n, idx in groups.items()}

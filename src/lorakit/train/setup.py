@@ -21,6 +21,7 @@ _RESUME_FREE = {
     "output",
     "device",
     "distributed",
+    "activation_checkpointing",  # recomputation changes memory, not results
     "eval_every",
     "save_every",
     "keep_last",
@@ -85,6 +86,31 @@ def head_name(model: nn.Module, task: str) -> str:
 
 def apply_method(model: nn.Module, config: TrainConfig) -> nn.Module:
     """Make exactly the parameters of `config.method` trainable (the fair-comparison switch)."""
+    _method(model, config)
+    if config.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    return model
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each layer's activations in backward (transformers' per-layer checkpoints).
+
+    Non-reentrant torch.utils.checkpoint: it works with frozen inputs (LoRA) and keeps the
+    RNG state, so a run with dropout gives the same numbers with or without it.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"{type(model).__name__} does not support activation checkpointing — "
+            "drop --activation-checkpointing"
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _method(model: nn.Module, config: TrainConfig) -> nn.Module:
     if config.model_dropout is not None:
         # Every nn.Dropout of the model; attention implementations read the same modules' p.
         for module in model.modules():

@@ -247,6 +247,10 @@ def _add_scaled(
 ) -> torch.Tensor:
     """result + scaling * h @ B.T, fused into one addmm when dtypes agree (or autocast casts)."""
     same = result.dtype == B.dtype or torch.is_autocast_enabled(result.device.type)
+    if same and not torch.is_grad_enabled():
+        # Inference: `result` is the base layer's fresh output and nothing keeps it for
+        # backward, so the update goes into it in place (no second output-sized tensor).
+        return result.add_(F.linear(h, B), alpha=scaling)
     if same and result.dim() >= 2:
         out = result.shape[-1]
         fused = torch.addmm(result.reshape(-1, out), h.reshape(-1, h.shape[-1]), B.T, alpha=scaling)

@@ -207,19 +207,19 @@ class LoraLayer(nn.Module):
         return result
 
     def _add_update(self, result: torch.Tensor, x: torch.Tensor, ad: Adapter) -> torch.Tensor:
-        if self.kind == "embedding":
-            h = self._embed(x, ad.A.T)  # [..., r]
-            return _add_scaled(result, h, ad.B, ad.scaling)
         # Under autocast the matmuls pick their own dtype: casting x to the fp32 adapter
         # would only add a copy of the activations.
         autocast = torch.is_autocast_enabled(x.device.type)
+        if self.kind == "embedding":
+            h = self._embed(x, ad.A.T)  # [..., r]
+            return _add_scaled(result, h, ad.B, ad.scaling, autocast)
         xa = x if x.dtype == ad.A.dtype or autocast else x.to(ad.A.dtype)
         dropped = self.training and ad.dropout > 0
         if dropped:  # with dropout 0 there is no extra copy of the input
             xa = F.dropout(xa, ad.dropout, training=True)
         h = F.linear(xa, ad.A)  # [..., r]
         if not ad.use_dora:
-            return _add_scaled(result, h, ad.B, ad.scaling)
+            return _add_scaled(result, h, ad.B, ad.scaling, autocast)
         # DoRA (peft's formulation): result += (m/||W'|| - 1) * base(x) + m/||W'|| * scaling * B A x
         W = self.weight_linear
         mag_scale = (ad.magnitude / ad.dora_norm(W).to(ad.magnitude.dtype)).view(1, -1)
@@ -243,10 +243,10 @@ class LoraLayer(nn.Module):
 
 
 def _add_scaled(
-    result: torch.Tensor, h: torch.Tensor, B: torch.Tensor, scaling: float
+    result: torch.Tensor, h: torch.Tensor, B: torch.Tensor, scaling: float, autocast: bool
 ) -> torch.Tensor:
     """result + scaling * h @ B.T, fused into one addmm when dtypes agree (or autocast casts)."""
-    same = result.dtype == B.dtype or torch.is_autocast_enabled(result.device.type)
+    same = result.dtype == B.dtype or autocast
     if same and not torch.is_grad_enabled():
         # Inference: `result` is the base layer's fresh output and nothing keeps it for
         # backward, so the update goes into it in place (no second output-sized tensor).

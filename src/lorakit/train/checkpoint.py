@@ -23,6 +23,7 @@ from torch import nn
 
 from lorakit.atomic import atomic_dir
 from lorakit.errors import LorakitError
+from lorakit.train.distributed import rank_seed
 from lorakit.train.fsdp import (
     copy_full_,
     full_optimizer_state,
@@ -111,5 +112,5 @@ def load_checkpoint(
     if rank < len(rngs):
         torch.set_rng_state(rngs[rank])
     else:
-        torch.manual_seed(state.step * 1_000_003 + rank)
+        torch.manual_seed(rank_seed(state.step, rank))
     return state

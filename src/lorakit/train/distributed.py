@@ -56,6 +56,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def rank_seed(base: int, rank: int) -> int:
+    """A seed for `rank`'s own RNG stream, derived from `base` (a run's seed or step)."""
+    return base * 1_000_003 + rank
+
+
 def main_only(log):
     """`log` on rank 0, a no-op on the other ranks: one voice for the whole job."""
     return log if is_main() else _silent

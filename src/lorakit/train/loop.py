@@ -167,7 +167,7 @@ def fit(run: Run, evaluate_fn=None, log=print, progress: bool = True) -> TrainSt
     elif rank > 0:
         # Dropout masks must differ between ranks: rank 0 keeps the single-process stream,
         # the others get their own, derived from the seed (and saved in checkpoints).
-        torch.manual_seed(cfg.seed * 1_000_003 + rank)
+        torch.manual_seed(distributed.rank_seed(cfg.seed, rank))
     if not is_sharded(model):
         # Replicas start identical, whatever the hardware did with init (e.g. PiSSA's SVD).
         distributed.broadcast_from_main([p for p in model.parameters() if p.requires_grad])

@@ -80,6 +80,12 @@ def train(
         "--activation-checkpointing/--no-activation-checkpointing",
         help="Recompute layer activations in backward: less memory, ~1/3 more compute.",
     ),
+    release_memory: bool | None = Opt(
+        None,
+        "--release-memory/--keep-memory",
+        help="CPU: return freed memory to the system (default with --quantize or "
+        "--activation-checkpointing): lower peak, some step time.",
+    ),
     resume: bool = Opt(
         False, "--resume", help="Continue the run in --output from its last checkpoint."
     ),

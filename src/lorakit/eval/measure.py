@@ -11,9 +11,18 @@ import torch
 
 
 def peak_memory_mb(device: torch.device | str = "cpu") -> float:
-    """Peak resident memory of this process (CPU) or peak allocated tensor memory (CUDA), MiB."""
+    """Peak resident memory of this process (CPU) or peak allocated tensor memory (CUDA), MiB.
+
+    On Linux the peak is VmHWM, not ru_maxrss: the kernel carries ru_maxrss over exec, so a
+    run started by a larger process (a sweep's parent) would report the parent's peak.
+    """
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 2**10
+    except (OSError, StopIteration):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 

@@ -33,7 +33,13 @@ from lorakit.train.optim import build_optimizer, warmup_cosine
 from lorakit.train.outputs import Board, write_json, write_log_csv
 from lorakit.train.prepare import Prepared, prepare
 from lorakit.train.progress import Progress
-from lorakit.train.setup import apply_method, check_output, create_output, resolve_device
+from lorakit.train.setup import (
+    apply_method,
+    check_output,
+    create_output,
+    resolve_device,
+    set_memory_policy,
+)
 
 
 @dataclass
@@ -53,6 +59,7 @@ def build(config: TrainConfig, log=print) -> Run:
     """Output dir, tokenizer, data, model and method, seeded: the same config builds the same run."""
     check_output(config)  # nothing is written until the model and data are known to be good
     device = distributed.setup(resolve_device(config.device))
+    set_memory_policy(config, device)  # before the data and model are allocated
     log = distributed.main_only(log)
     tokenizer = load_tokenizer(model_dir(resolve_model(config.model)), config.task)
     data = prepare(config, tokenizer)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lorakit.allocator import return_large_blocks
 from lorakit.config import TrainConfig
 from lorakit.errors import ConfigError, LorakitError, OutputExistsError
 from lorakit.lora import inject
@@ -22,6 +23,7 @@ _RESUME_FREE = {
     "device",
     "distributed",
     "activation_checkpointing",  # recomputation changes memory, not results
+    "release_memory",  # the allocator's policy: memory and time, not results
     "eval_every",
     "save_every",
     "keep_last",
@@ -71,6 +73,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda but no CUDA device is visible — use --device cpu or auto")
     return torch.device(name)
+
+
+def set_memory_policy(config: TrainConfig, device: torch.device) -> bool:
+    """Apply `release_memory` (see lorakit/allocator.py) before anything large is allocated;
+    True if freed blocks now go back to the system."""
+    want = config.release_memory
+    if want is None:  # a run that asked for low memory in another way
+        low = config.quantize != "none" or config.activation_checkpointing
+        want = device.type == "cpu" and low
+    return bool(want) and return_large_blocks()
 
 
 def head_name(model: nn.Module, task: str) -> str:

@@ -135,6 +135,49 @@ def test_gradients_equal_those_of_the_dequantized_fp_model(mode, ids):
         assert torch.allclose(g, grads[1][name], rtol=1e-3, atol=1e-5), name
 
 
+@pytest.mark.parametrize("mode", ["int8", "nf4"])
+def test_large_weights_are_dequantized_a_block_of_rows_at_a_time(mode, monkeypatch):
+    """A weight above _CHUNK elements (an LM head) is multiplied a block of output rows at a
+    time: the same products as the whole weight, without ever building it whole."""
+    from lorakit.models import quantize as quantize_module
+
+    g = torch.Generator().manual_seed(0)
+    W, bias = torch.randn(40, 128, generator=g), torch.randn(40, generator=g)
+    x, grad = torch.randn(3, 5, 128, generator=g), torch.randn(3, 5, 40, generator=g)
+    if mode == "int8":
+        layer = Int8Linear(*quantize_int8(W), nn.Parameter(bias, requires_grad=False))
+    else:
+        layer = NF4Linear(*quantize_nf4(W), 128, 40, nn.Parameter(bias, requires_grad=False))
+    full = layer.dequantized()
+    y, gx = layer.matmul(x), layer.matmul_grad(grad)
+    assert torch.allclose(y, x @ full.T, atol=1e-4) and torch.allclose(gx, grad @ full, atol=1e-4)
+
+    monkeypatch.setattr(quantize_module, "_CHUNK", 128 * 6)  # 6 rows per block: 7 blocks
+    blocks = layer.row_blocks()
+    assert len(blocks) == 7 and torch.equal(torch.cat([layer.rows(b) for b in blocks]), full)
+
+    def whole(*args):
+        raise AssertionError("the whole weight was dequantized")
+
+    monkeypatch.setattr(type(layer), "dequantized", whole)
+    assert torch.allclose(layer.matmul(x), y, atol=1e-5)
+    assert torch.allclose(layer.matmul_grad(grad), gx, atol=1e-5)
+    x.requires_grad_(True)  # the autograd path (_FrozenMatmul) and the bias
+    layer(x).backward(grad)
+    assert torch.allclose(x.grad, gx, atol=1e-5)
+
+
+def test_nf4_rows_that_are_not_whole_blocks_stay_one_piece(monkeypatch):
+    from lorakit.models import quantize as quantize_module
+
+    monkeypatch.setattr(quantize_module, "_CHUNK", 96 * 4)
+    W = torch.randn(20, 96)  # a row is 1.5 NF4 blocks: rows cannot start on a block
+    layer = NF4Linear(*quantize_nf4(W), 96, 20)
+    assert layer.row_blocks() == [slice(None)]
+    x = torch.randn(7, 96)
+    assert torch.allclose(layer.matmul(x), x @ layer.dequantized().T, atol=1e-5)
+
+
 def test_quantized_bytes_and_fp32_weights_freed(llama_model_dir):
     from transformers import AutoModelForCausalLM
 

@@ -249,3 +249,26 @@ def test_refusal_is_a_one_line_error_and_exit_2(cls_runs, bert_dir, sentiment_cs
     # the workers exit 2; torchrun itself reports them and exits 1 (its own convention)
     assert done.returncode != 0 and "exitcode  : 2" in done.stderr
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+@pytest.fixture(scope="module")
+def lm_single_int8(tmp_path_factory, llama_model_dir, qa_jsonl):
+    out = tmp_path_factory.mktemp("lm-int8") / "single"
+    _single(_lm_args(llama_model_dir, qa_jsonl, out, "--quantize", "int8"))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_quantized_base_equals_one_process(
+    lm_single_int8, tmp_path, llama_model_dir, qa_jsonl, mode
+):
+    """--quantize int8 under DDP / FSDP: each rank quantizes its own replica identically (the
+    codes are buffers: FSDP shards the float parameters and leaves them whole on every rank)
+    and only the adapter's gradients travel, so two processes train the one-process adapter."""
+    out = tmp_path / mode
+    args = _lm_args(llama_model_dir, qa_jsonl, out, "--quantize", "int8", "--distributed", mode)
+    _run(_torchrun("-m", "lorakit", *args), _env(tmp_path))
+    expected = _adapter(lm_single_int8)
+    assert _trained(expected) > 1e-3
+    assert _max_diff(expected, _adapter(out)) <= TOL
+    assert json.loads((out / "config.json").read_text())["quantize"] == "int8"

@@ -79,3 +79,31 @@ def test_all_positions_ignored_gives_zero_not_nan():
     loss.backward()
     assert loss.item() == 0.0
     assert hidden.grad.abs().max() == 0
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_quantized_head_is_read_a_block_of_rows_at_a_time(monkeypatch, bias):
+    """A frozen int8 head (lorakit.models.quantize) stands in for the weight: same loss and
+    hidden-state gradient as its dequantized weight, and the weight is never built whole."""
+    from lorakit.models import quantize as quantize_module
+    from lorakit.models.quantize import Int8Linear, quantize_int8
+
+    hidden, weight, b, labels = _inputs(h=32, v=300, bias=bias)
+    hidden, b = hidden.detach().float(), None if b is None else b.detach().float()
+    head = Int8Linear(*quantize_int8(weight.detach().float()), b)
+    reference = hidden.clone().requires_grad_(True)
+    expected = F.cross_entropy(F.linear(reference, head.dequantized(), b), labels)
+    expected.backward()
+
+    monkeypatch.setattr(quantize_module, "_CHUNK", 32 * 64)  # 64 vocabulary rows per block
+    assert len(head.row_blocks()) == 5
+
+    def whole(*args):
+        raise AssertionError("the whole head was dequantized")
+
+    monkeypatch.setattr(Int8Linear, "dequantized", whole)
+    hidden.requires_grad_(True)
+    loss = linear_cross_entropy(hidden, head, labels, head.bias)
+    loss.backward()
+    assert abs(loss.item() - expected.item()) < 1e-5
+    assert torch.allclose(hidden.grad, reference.grad, atol=1e-6)

@@ -11,8 +11,9 @@ module with the same features, bias and forward that stores its weight as codes:
 Embeddings and the output head are int8 (per row) in both modes: a tied LM head shares the
 embedding's int8 rows, and the logits are the most sensitive matmul of the model. Adapters,
 modules_to_save, norms and anything trainable stay in full precision. Forward dequantizes
-one layer at a time; backward dequantizes again instead of keeping the weight (`_FrozenMatmul`),
-so training never holds more than one full-precision base weight at once.
+one layer at a time (a large one, like the LM head, a block of output rows at a time);
+backward dequantizes again instead of keeping the weight (`_FrozenMatmul`), so training never
+holds more than one full-precision base weight, or block of one, at once.
 
 Quantized modules follow a small protocol that `lorakit.lora` reads by duck typing (lora/
 never imports this file): `quant_type`, `lora_kind`, `codes` (the tensor holding the weight)
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.allocator import release_freed
 from lorakit.errors import ConfigError
 from lorakit.lora.layer import LoraLayer, is_quantized
 from lorakit.lora.saved_module import ModulesToSave
@@ -151,11 +153,36 @@ class _QuantLinear(nn.Module):
         y = _FrozenMatmul.apply(x, self) if x.requires_grad else self.matmul(x)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
+    # A weight above _CHUNK elements (an LM head: 28M for SmolLM2, 525M for a 128k vocabulary
+    # at 4096) is dequantized _CHUNK elements of output rows at a time, so the full-precision
+    # temporary stays at tens of MB whatever the layer; smaller ones in one piece.
+    def row_blocks(self) -> list[slice]:
+        step = max(1, _CHUNK // max(self.in_features, 1))
+        return [
+            slice(s, min(s + step, self.out_features)) for s in range(0, self.out_features, step)
+        ]
+
+    def rows(self, block: slice, dtype=None) -> torch.Tensor:
+        return self.dequantized(dtype)[block]
+
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized(x.dtype))
+        blocks = self.row_blocks()
+        if len(blocks) == 1:
+            return F.linear(x, self.dequantized(x.dtype))
+        y = x.new_empty(*x.shape[:-1], self.out_features)
+        for b in blocks:
+            y[..., b] = F.linear(x, self.rows(b, x.dtype))
+        return y
 
     def matmul_grad(self, grad: torch.Tensor) -> torch.Tensor:
-        return grad @ self.dequantized(grad.dtype)
+        blocks = self.row_blocks()
+        if len(blocks) == 1:
+            return grad @ self.dequantized(grad.dtype)
+        g = grad.reshape(-1, self.out_features)
+        out = g.new_zeros(g.shape[0], self.in_features)
+        for b in blocks:
+            out.addmm_(g[:, b], self.rows(b, grad.dtype))
+        return out.view(*grad.shape[:-1], self.in_features)
 
     def extra_repr(self) -> str:
         return (
@@ -192,13 +219,21 @@ class Int8Linear(_QuantLinear):
     def dequantized(self, dtype=None) -> torch.Tensor:
         return dequantize_int8(*self._codes(), dtype)
 
+    def rows(self, block: slice, dtype=None) -> torch.Tensor:
+        q, scale = self._codes()
+        return dequantize_int8(q[block], scale[block], dtype)
+
     # The scale factors out of the matmul: the weight is only converted, never multiplied.
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.row_blocks()) > 1:
+            return super().matmul(x)
         q, scale = self._codes()
         y = F.linear(x, q.to(x.dtype))  # a fresh tensor, outside autograd: scaled in place
         return y.mul_(scale.to(y.dtype))
 
     def matmul_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        if len(self.row_blocks()) > 1:
+            return super().matmul_grad(grad)
         q, scale = self._codes()
         return (grad * scale.to(grad.dtype)) @ q.to(grad.dtype)
 
@@ -220,6 +255,22 @@ class NF4Linear(_QuantLinear):
     def dequantized(self, dtype=None) -> torch.Tensor:
         return dequantize_nf4(
             self.packed, self.absmax, (self.out_features, self.in_features), dtype
+        )
+
+    def row_blocks(self) -> list[slice]:
+        # rows start on an NF4 block only if a row is whole blocks; otherwise one piece
+        return super().row_blocks() if self.in_features % NF4_BLOCK == 0 else [slice(None)]
+
+    def rows(self, block: slice, dtype=None) -> torch.Tensor:
+        first, last = (
+            block.start * self.in_features // NF4_BLOCK,
+            block.stop * self.in_features // NF4_BLOCK,
+        )
+        return dequantize_nf4(
+            self.packed[first * NF4_BLOCK // 2 : last * NF4_BLOCK // 2],
+            self.absmax[first:last],
+            (block.stop - block.start, self.in_features),
+            dtype,
         )
 
 
@@ -330,6 +381,7 @@ def quantize(model: nn.Module, mode: str) -> nn.Module:
         _set(model, path, new)
         _page_out(module.weight)
     _own_remaining(model)
+    release_freed()  # the fp32 chunks read above would otherwise stay in the C heap
     return model
 
 

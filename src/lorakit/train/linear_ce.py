@@ -34,10 +34,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         g_hidden = torch.empty_like(hidden) if want[0] else None
         g_weight = torch.zeros_like(weight, dtype=acc) if want[1] else None
         g_bias = torch.zeros_like(bias, dtype=acc) if want[2] else None
-        w_h = weight.to(hidden.dtype) if want[0] else None  # one cast, not one per chunk
+        frozen = not isinstance(weight, torch.Tensor)  # a quantized head: its own matmuls
+        w_h = weight.to(hidden.dtype) if want[0] and not frozen else None  # one cast in all
         for s in range(0, hidden.shape[0], rows):
             h, y = hidden[s : s + rows], labels[s : s + rows]
-            logits = F.linear(h, weight, bias).to(acc)  # [n, vocab]
+            if frozen:
+                logits = weight.matmul(h) if bias is None else weight.matmul(h) + bias
+            else:
+                logits = F.linear(h, weight, bias)
+            logits = logits.to(acc)  # [n, vocab]
             valid = y != IGNORE
             safe = torch.where(valid, y, 0)
             lse = torch.logsumexp(logits, dim=-1)
@@ -51,14 +56,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad.mul_(valid[:, None])
             g = grad.to(h.dtype)
             if g_hidden is not None:
-                g_hidden[s : s + rows] = g @ w_h
+                g_hidden[s : s + rows] = weight.matmul_grad(g) if frozen else g @ w_h
             if g_weight is not None:
                 g_weight += grad.T @ h.to(acc)
             if g_bias is not None:
                 g_bias += grad.sum(0)
         ctx.save_for_backward(*(t for t in (g_hidden, g_weight, g_bias) if t is not None))
         ctx.present = [t is not None for t in (g_hidden, g_weight, g_bias)]
-        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        w_dtype = None if frozen else weight.dtype
+        ctx.dtypes = (hidden.dtype, w_dtype, None if bias is None else bias.dtype)
         return total
 
     @staticmethod
@@ -74,16 +80,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy(
     hidden: torch.Tensor,
-    weight: torch.Tensor,
+    weight,
     labels: torch.Tensor,
     bias: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """cross_entropy(hidden @ weight.T + bias, labels) for [N, H] hidden, [V, H] weight, [N] labels.
 
-    Labels equal to -100 are ignored; "mean" divides by the number of the others.
+    Labels equal to -100 are ignored; "mean" divides by the number of the others. `weight`
+    may also be a frozen quantized Linear (models/quantize.py): its `matmul` / `matmul_grad`
+    then stand in for the weight, which is never dequantized whole.
     """
-    rows = chunk_rows(weight.shape[0])
+    vocab = weight.shape[0] if isinstance(weight, torch.Tensor) else weight.out_features
+    rows = chunk_rows(vocab)
     total = _LinearCrossEntropy.apply(hidden, weight, bias, labels, rows, torch.is_grad_enabled())
     if reduction == "sum":
         return total

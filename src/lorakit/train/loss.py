@@ -55,10 +55,9 @@ def causal_lm_loss(model: nn.Module, batch: dict, reduction: str = "mean") -> to
     hidden = body(**inputs, use_cache=False)[0][:, :-1][keep]  # [N, H], N = labelled positions
     if type(head) is nn.Linear:  # a plain head: the [N, vocab] logits never exist in full
         return linear_cross_entropy(hidden, head.weight, labels[keep], head.bias, reduction)
-    if is_quantized(head):
-        # a quantized (frozen) head: its weight dequantized once, the logits still chunked
-        weight = head.dequantized(hidden.dtype)
-        return linear_cross_entropy(hidden, weight, labels[keep], head.bias, reduction)
+    if is_quantized(head) and head.lora_kind == "linear":
+        # a quantized (frozen) head: dequantized a block of rows at a time, logits chunked
+        return linear_cross_entropy(hidden, head, labels[keep], head.bias, reduction)
     return F.cross_entropy(head(hidden).float(), labels[keep], reduction=reduction)
 
 

@@ -2,11 +2,23 @@
 
     .venv/bin/python benchmarks/quantized_base.py [--variants none,int8,nf4] [--steps 40] [--quick]
     .venv/bin/python benchmarks/quantized_base.py --checkpointing   # + activation checkpointing
+    .venv/bin/python benchmarks/quantized_base.py --variants none,int8,none:keep,int8:keep
+
+    .venv/bin/python benchmarks/quantized_base.py --shape smollm2-360m --quick --eval-samples 4
+
+`--shape` trains a randomly initialised model of a larger SmolLM2's published shape (same
+vocabulary, tokenizer and tied head as the 135M) instead of the packaged 135M: where the
+weights, not the Python/torch runtime, make most of the peak. Only memory and time mean
+anything there (random weights learn nothing in 3 steps).
+
+A variant `<base>:keep` runs with `release_memory: false` (glibc keeps freed memory in its
+heap, the allocator's default); plain variants use the run's default (`release_memory`
+is on with --quantize or --activation-checkpointing, see src/lorakit/allocator.py).
 
 Every variant is `lorakit train` with the demo's stage-2 config (tweets as instructions, r=8,
 alpha=16, all linear layers, batch 8, 40 steps, max_length 128, 400 training and 100
-evaluation examples) plus `quantize`, run in its own process so that ru_maxrss (the peak
-resident set, which never goes down on CPU) is that run's own. Reported per run:
+evaluation examples) plus `quantize`, run in its own process so that the peak
+resident set (VmHWM), is that run's own. Reported per run:
 - baseline_mb: RSS just before the model is loaded (Python, torch, transformers, tokenized data);
 - load_peak_mb: peak RSS once the model is loaded, injected and quantized;
 - train_peak_mb: peak RSS at the end of training (before evaluation);
@@ -19,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,10 +46,62 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from lorakit.eval.measure import peak_memory_mb  # VmHWM: this process's own peak
+
+    return peak_memory_mb()
 
 
-def child(variant: str, steps: int, quick: bool, checkpointing: bool, out: Path) -> None:
+# Published shapes (HuggingFaceTB/SmolLM2-360M and -1.7B config.json); the rest as the 135M.
+SHAPES = {
+    "smollm2-360m": dict(
+        hidden_size=960,
+        intermediate_size=2560,
+        num_hidden_layers=32,
+        num_attention_heads=15,
+        num_key_value_heads=5,
+    ),
+    "smollm2-1.7b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+    ),
+}
+
+
+def build_shape(name: str, out: Path) -> None:
+    """Write to `out` a model directory: random fp32 weights of `name`'s shape, the 135M's
+    tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lorakit.models.load import model_dir, resolve_model
+
+    small = model_dir(resolve_model("smollm2-135m"))
+    config = AutoConfig.from_pretrained(small)
+    for key, value in SHAPES[name].items():
+        setattr(config, key, value)
+    config.head_dim = config.hidden_size // config.num_attention_heads
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(out)
+    for f in small.iterdir():
+        if f.name.startswith("tokenizer") or f.name.endswith(".jinja"):
+            shutil.copy(f, out / f.name)
+
+
+def child(
+    variant: str,
+    steps: int,
+    quick: bool,
+    checkpointing: bool,
+    out: Path,
+    model: str | None = None,
+    eval_samples: int | None = None,
+) -> None:
     """One training run in this process; its measurements go to `out` as JSON."""
     import lorakit.train.loop as loop
     import lorakit.train.run as run_module
@@ -46,8 +109,9 @@ def child(variant: str, steps: int, quick: bool, checkpointing: bool, out: Path)
     from lorakit.demo import INSTRUCT, QUICK
     from lorakit.models.quantize import tensor_bytes
 
+    variant, _, keep = variant.partition(":")
     found: dict = {
-        "variant": variant,
+        "variant": variant + (":keep" if keep else ""),
         "checkpointing": checkpointing,
         "after_imports_mb": _rss_mb(),
     }
@@ -74,6 +138,12 @@ def child(variant: str, steps: int, quick: bool, checkpointing: bool, out: Path)
     fields["activation_checkpointing"] = checkpointing
     if quick:
         fields.update(QUICK)
+    if keep:
+        fields["release_memory"] = False
+    if model:
+        fields["model"] = model
+    if eval_samples:
+        fields["max_eval_samples"] = eval_samples
     config = TrainConfig(**fields, output=tempfile.mkdtemp() + "/run", device="cpu")
     from lorakit.train import train
 
@@ -99,23 +169,45 @@ def main() -> None:
         action="store_true",
         help="train with activation_checkpointing (layer activations recomputed in backward)",
     )
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="a larger random SmolLM2")
+    parser.add_argument("--eval-samples", type=int, help="evaluate on this many examples")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--build-shape", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        child(args.child, args.steps, args.quick, args.checkpointing, Path(args.out))
+    if args.build_shape:
+        build_shape(args.build_shape, Path(args.out))
         return
+    if args.child:
+        child(
+            args.child,
+            args.steps,
+            args.quick,
+            args.checkpointing,
+            Path(args.out),
+            args.model,
+            args.eval_samples,
+        )
+        return
+    model = None
+    if args.shape:  # built in a child too: this process stays small
+        model = Path(tempfile.mkdtemp(prefix=f"{args.shape}-"))
+        cmd = [sys.executable, __file__, "--build-shape", args.shape, "--out", str(model)]
+        subprocess.run(cmd, check=True)
     rows = []
     for variant in args.variants.split(","):
         out = Path(tempfile.mkdtemp()) / "result.json"
         cmd = [sys.executable, __file__, "--child", variant, "--steps", str(args.steps)]
         cmd += ["--out", str(out)] + (["--quick"] if args.quick else [])
         cmd += ["--checkpointing"] if args.checkpointing else []
+        cmd += ["--model", str(model)] if model else []
+        cmd += ["--eval-samples", str(args.eval_samples)] if args.eval_samples else []
         subprocess.run(cmd, check=True)
         row = json.loads(out.read_text())
         rows.append(row)
         print(json.dumps(row), flush=True)
-    base = next((r for r in rows if r["variant"] == "none"), rows[0])
+    base = next((r for r in rows if r["variant"].startswith("none")), rows[0])
     print(
         "\n| base | model tensors MB | baseline RSS MB | load peak MB | train peak MB | peak MB "
         "| peak - baseline MB | train s | exact match | perplexity |"

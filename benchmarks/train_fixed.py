@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 
 import torch
 from common import load, rss_mb, sync
+
+from lorakit.eval.measure import peak_memory_mb
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 R, ALPHA = 16, 32
@@ -144,7 +145,7 @@ def run_variant(args) -> dict:
         "peak_mb": (
             torch.cuda.max_memory_allocated() / 2**20
             if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            else peak_memory_mb()  # VmHWM: this process's own peak
         ),
         "baseline_mb": 0.0 if device == "cuda" else base_rss,
         "trainable": sum(p.numel() for p in trainable),

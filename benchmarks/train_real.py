@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 import torch
+
+from lorakit.eval.measure import peak_memory_mb
 
 VARIANTS = ["peft-max-length", "peft-dynamic", "lorakit"]
 
@@ -132,7 +133,7 @@ def child(task: str, variant: str, samples: int, quick: bool) -> dict:
         r = run_lorakit(cfg)
     else:
         r = run_peft(cfg, "max_length" if variant == "peft-max-length" else "longest")
-    r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    r["peak_rss_mb"] = peak_memory_mb()  # VmHWM: this process's own peak
     return r
 
 

@@ -38,7 +38,6 @@ from lorakit.train.setup import (
     check_output,
     create_output,
     resolve_device,
-    set_memory_policy,
 )
 
 
@@ -59,7 +58,6 @@ def build(config: TrainConfig, log=print) -> Run:
     """Output dir, tokenizer, data, model and method, seeded: the same config builds the same run."""
     check_output(config)  # nothing is written until the model and data are known to be good
     device = distributed.setup(resolve_device(config.device))
-    set_memory_policy(config, device)  # before the data and model are allocated
     log = distributed.main_only(log)
     tokenizer = load_tokenizer(model_dir(resolve_model(config.model)), config.task)
     data = prepare(config, tokenizer)

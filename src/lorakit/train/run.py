@@ -18,6 +18,7 @@ from lorakit.train import distributed
 from lorakit.train.fsdp import gathered
 from lorakit.train.loop import Run, build, fit, parameter_counts
 from lorakit.train.outputs import plot_confusion, plot_training, write_json, write_log_csv
+from lorakit.train.setup import memory_policy
 
 GENERATION_EXAMPLES = 200  # generation metrics are slow; perplexity uses the whole split
 
@@ -80,7 +81,8 @@ def train(config: TrainConfig, log=print, progress: bool = True, baseline: bool 
     evaluation compute, not wall time: the other ranks would otherwise wait.
     """
     try:
-        return _train(config, log, progress, baseline)
+        with memory_policy(config):  # before the data and model are allocated
+            return _train(config, log, progress, baseline)
     finally:
         distributed.teardown()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lorakit.allocator import return_large_blocks
+from lorakit.allocator import large_blocks_returned
 from lorakit.config import TrainConfig
 from lorakit.errors import ConfigError, LorakitError, OutputExistsError
 from lorakit.lora import inject
@@ -75,14 +75,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def set_memory_policy(config: TrainConfig, device: torch.device) -> bool:
-    """Apply `release_memory` (see lorakit/allocator.py) before anything large is allocated;
-    True if freed blocks now go back to the system."""
-    want = config.release_memory
-    if want is None:  # a run that asked for low memory in another way
-        low = config.quantize != "none" or config.activation_checkpointing
-        want = device.type == "cpu" and low
-    return bool(want) and return_large_blocks()
+def wants_release_memory(config: TrainConfig, device: torch.device) -> bool:
+    """`release_memory` resolved: None means on for a CPU run that asked for low memory in
+    another way (quantize, activation_checkpointing)."""
+    if config.release_memory is not None:
+        return config.release_memory
+    low = config.quantize != "none" or config.activation_checkpointing
+    return device.type == "cpu" and low
+
+
+def memory_policy(config: TrainConfig):
+    """Context for a whole run: freed CPU memory goes back to the system while it lasts when
+    `wants_release_memory` (see lorakit/allocator.py). Yields whether the policy is on."""
+    return large_blocks_returned(wants_release_memory(config, resolve_device(config.device)))
 
 
 def head_name(model: nn.Module, task: str) -> str:

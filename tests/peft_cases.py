@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import lorakit
-from tiny_models import tiny_bert_cls, tiny_gpt2, tiny_llama, tiny_opt
+from tiny_models import tiny_bert_cls, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_opt
 
 TOL = 1e-5  # max abs logit difference, fp32
 
@@ -30,6 +30,16 @@ ARCHS: dict[str, dict] = {
         embedding="embed_tokens",
         rank_pattern={"v_proj": 2, r"layers\.1\.self_attn\.q_proj": 6},
         alpha_pattern={"q_proj": 3, "down_proj": 12},
+        exclude="layers.0.self_attn.q_proj",
+        has_bias=False,
+    ),
+    "gemma3": dict(  # a scaled embedding (embed_scale in its forward), tied LM head
+        factory=tiny_gemma3,
+        task_type="CAUSAL_LM",
+        targets=["q_proj", "o_proj", "up_proj"],
+        embedding="embed_tokens",
+        rank_pattern={"o_proj": 2},
+        alpha_pattern={"up_proj": 12},
         exclude="layers.0.self_attn.q_proj",
         has_bias=False,
     ),
@@ -68,6 +78,7 @@ VARIANTS = (
     "rslora",
     "dora",
     "embedding",
+    "dora_embedding",
     "patterns",
     "all_linear",
     "lora_only",
@@ -96,6 +107,8 @@ def lorakit_config(arch: str, variant: str, **extra) -> lorakit.LoraConfig:
         kw["use_dora"] = True
     elif variant == "embedding":
         kw["target_modules"] = [*spec["targets"], spec["embedding"]]
+    elif variant == "dora_embedding":
+        kw.update(target_modules=[*spec["targets"], spec["embedding"]], use_dora=True)
     elif variant == "patterns":
         kw.update(rank_pattern=spec["rank_pattern"], alpha_pattern=spec["alpha_pattern"])
     elif variant == "all_linear":

@@ -35,6 +35,24 @@ def tiny_llama(tie: bool = False):
 
 
 @_seeded
+def tiny_gemma3():
+    """Gemma 3's text model: its embedding multiplies by embed_scale (sqrt(hidden)) in forward."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=16,
+    )
+    return Gemma3ForCausalLM(cfg)
+
+
+@_seeded
 def tiny_bert_cls(num_labels: int = 3):
     from transformers import BertConfig, BertForSequenceClassification
 

@@ -7,6 +7,7 @@ from tiny_models import (
     logits,
     randomize_adapters,
     tiny_bert_cls,
+    tiny_gemma3,
     tiny_gpt2,
     tiny_llama,
     tiny_mlp,
@@ -26,8 +27,6 @@ def _many(factory, n: int, dora_every: int = 0, targets=None):
             use_dora=bool(dora_every) and i % dora_every == 1,
             use_rslora=i % 3 == 2,
         )
-        if cfg.use_dora and "embed_tokens" in cfg.target_modules:
-            cfg.target_modules = ["q_proj", "k_proj"]
         lorakit.inject(model, cfg, adapter=f"a{i}")
         randomize_adapters(model, std=0.1, seed=i)
     return model
@@ -70,6 +69,18 @@ def test_conv1d_and_plain_modules(factory):
         batched = logits(model, ids)
     for i, name in enumerate(names):
         assert torch.allclose(batched[i], _alone(model, name, ids[i : i + 1])[0], atol=1e-5)
+
+
+def test_scaled_embedding_per_row():
+    """Gemma 3's embedding multiplies by embed_scale: per-row updates (plain and DoRA) too."""
+    model = _many(tiny_gemma3, 4, dora_every=2, targets=["q_proj", "embed_tokens"])
+    ids = torch.randint(3, VOCAB, (4, 5))
+    names = ["a1", "a3", None, "a0"]
+    with lorakit.adapter_per_row(model, names):
+        batched = logits(model, ids)
+    for i, name in enumerate(names):
+        assert torch.allclose(batched[i], _alone(model, name, ids[i : i + 1])[0], atol=1e-5)
+    assert not torch.allclose(batched[0], batched[1], atol=1e-3)
 
 
 def test_classification_heads_per_row():

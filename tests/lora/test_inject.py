@@ -105,15 +105,6 @@ def test_bad_config_values_raise_lorakit_errors():
         lorakit.LoraConfig(target_modules="(")
 
 
-def test_dora_on_embedding_is_refused_before_any_change():
-    model = tiny_llama()
-    with pytest.raises(lorakit.ConfigError, match="DoRA"):
-        lorakit.inject(
-            model, lorakit.LoraConfig(use_dora=True, target_modules=["q_proj", "embed_tokens"])
-        )
-    assert lora_layers(model) == {}
-
-
 def test_second_adapter_shares_wrappers(ids):
     model = tiny_llama()
     lorakit.inject(model, lorakit.LoraConfig(r=2, target_modules=["q_proj"]), adapter="a")

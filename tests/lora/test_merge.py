@@ -3,11 +3,22 @@ import torch
 
 import lorakit
 from lorakit.lora import LoraLayer, ModulesToSave, lora_layers
-from tiny_models import logits, randomize_adapters, tiny_bert_cls, tiny_gpt2, tiny_llama, tiny_opt
+from tiny_models import (
+    logits,
+    randomize_adapters,
+    tiny_bert_cls,
+    tiny_gemma3,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_opt,
+)
 
 CASES = [
     (tiny_llama, dict(target_modules=["q_proj", "v_proj", "embed_tokens", "down_proj"])),
     (tiny_llama, dict(target_modules=["q_proj", "o_proj"], use_dora=True)),
+    (tiny_llama, dict(target_modules=["v_proj", "embed_tokens"], use_dora=True)),
+    (tiny_gemma3, dict(target_modules=["q_proj", "embed_tokens"])),  # scaled embedding, tied
+    (tiny_gemma3, dict(target_modules=["embed_tokens"], use_dora=True)),
     (tiny_gpt2, dict(target_modules="all-linear", use_rslora=True)),
     (tiny_opt, dict(target_modules=["q_proj", "fc1"], init="pissa")),
     (tiny_bert_cls, dict(target_modules=["query", "value"], modules_to_save=["classifier"])),
@@ -36,9 +47,15 @@ def test_merge_and_unload_leaves_plain_modules(factory, kw, ids):
     assert not any(isinstance(m, LoraLayer | ModulesToSave) for m in plain.modules())
     assert lorakit.list_adapters(plain) == []
     assert torch.allclose(logits(plain, ids), expected, atol=1e-5)
-    assert sum(p.numel() for p in plain.parameters()) == sum(
-        p.numel() for p in factory().parameters()
-    )
+    base = factory()
+    count = sum(p.numel() for p in base.parameters())
+    if (
+        getattr(base.config, "tie_word_embeddings", False)
+        and "embed_tokens" in kw["target_modules"]
+    ):
+        count += base.get_output_embeddings().weight.numel()  # merging untied the head
+        assert plain.config.tie_word_embeddings is False
+    assert sum(p.numel() for p in plain.parameters()) == count
 
 
 def test_merged_model_saves_and_reloads_with_plain_transformers(tmp_path, ids):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.errors import AdapterNotFoundError, ConfigError
-from lorakit.lora.layer import LoraLayer
+from lorakit.lora.layer import LoraLayer, embed_scale
 from lorakit.lora.saved_module import ModulesToSave
 
 _grouped_mm = getattr(F, "grouped_mm", None)
@@ -179,6 +179,8 @@ def per_row_forward(layer: LoraLayer, x: torch.Tensor, *args, **kwargs) -> torch
         ids = x.reshape(batch, -1).index_select(0, group.rows)  # [n, seq]
         h = bank.A[group.slot[:, None], ids]  # [n, seq, r_max]
         delta = torch.bmm(h, bank.B.index_select(0, group.slot))  # [n, seq, out]
+        scale = embed_scale(layer.base_layer)  # Gemma's scaled embedding: the update too
+        delta = delta if scale == 1.0 else delta * scale
     else:
         xs = x.reshape(batch, seq, -1)
         if not group.in_order:  # every row has an adapter, in batch order: no copy

@@ -137,11 +137,6 @@ def inject(
     targets = find_targets(model, config)
     if not targets:
         raise TargetNotFoundError(_no_match_message(model, config))
-    for name, (_, kind) in targets.items():
-        if kind == "embedding" and config.use_dora:
-            raise ConfigError(
-                f"DoRA is not supported on embeddings ({name}) — exclude it or drop use_dora"
-            )
     saved = _saved_module_targets(model, config.modules_to_save)
 
     for name, (module, kind) in targets.items():

@@ -212,7 +212,16 @@ class LoraLayer(nn.Module):
         autocast = torch.is_autocast_enabled(x.device.type)
         if self.kind == "embedding":
             h = self._embed(x, ad.A.T)  # [..., r]
-            return _add_scaled(result, h, ad.B, ad.scaling, autocast)
+            # an embedding that scales its output (Gemma's sqrt(hidden)) scales the update too
+            scaling = ad.scaling * embed_scale(self.base_layer)
+            if not ad.use_dora:
+                return _add_scaled(result, h, ad.B, scaling, autocast)
+            # DoRA on an embedding (peft's): m/||W'|| per embedding feature (out = dim), the
+            # norm taken over the vocabulary of the unscaled weights; no bias, no dropout
+            mag_scale = ad.magnitude / ad.dora_norm(self.weight_linear).to(ad.magnitude.dtype)
+            lora = F.linear(h.to(ad.B.dtype), ad.B) * scaling
+            dora = (mag_scale - 1) * result.to(mag_scale.dtype) + mag_scale * lora
+            return result + dora.to(result.dtype)
         xa = x if x.dtype == ad.A.dtype or autocast else x.to(ad.A.dtype)
         dropped = self.training and ad.dropout > 0
         if dropped:  # with dropout 0 there is no extra copy of the input
@@ -240,6 +249,16 @@ class LoraLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, active={self.active}, merged={self.merged}"
+
+
+def embed_scale(base: nn.Module) -> float:
+    """The scalar an embedding multiplies its output by in forward (Gemma's
+    `embed_scale` = sqrt(hidden_size)); 1.0 for a plain nn.Embedding. As peft: only a
+    scalar counts."""
+    scale = getattr(base, "embed_scale", None)
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+        return float(scale)
+    return float(scale) if isinstance(scale, int | float) else 1.0
 
 
 def _add_scaled(

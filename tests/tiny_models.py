@@ -35,12 +35,12 @@ def tiny_llama(tie: bool = False):
 
 
 @_seeded
-def tiny_gemma3():
+def tiny_gemma3(vocab_size: int = VOCAB):
     """Gemma 3's text model: its embedding multiplies by embed_scale (sqrt(hidden)) in forward."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     cfg = Gemma3TextConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=48,
         num_hidden_layers=2,

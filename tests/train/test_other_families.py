@@ -14,20 +14,18 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def _write(family: str, path):
-    import transformers
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from tiny_models import tiny_gemma3
     from tiny_tokenizer import VOCAB, make_tokenizer
 
-    dims = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
-    torch.manual_seed(0)
     if family == "gemma3":
-        config = transformers.Gemma3TextConfig(
-            vocab_size=VOCAB, num_key_value_heads=2, head_dim=8, sliding_window=16, **dims
-        )
-        model = transformers.Gemma3ForCausalLM(config)
+        model = tiny_gemma3(vocab_size=VOCAB)
     else:
-        config = transformers.Qwen2Config(vocab_size=VOCAB, num_key_value_heads=2, **dims)
-        model = transformers.Qwen2ForCausalLM(config)
+        torch.manual_seed(0)
+        dims = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2)
+        config = Qwen2Config(vocab_size=VOCAB, num_attention_heads=4, num_key_value_heads=2, **dims)
+        model = Qwen2ForCausalLM(config)
     model.save_pretrained(path)
     make_tokenizer().save_pretrained(path)
     return path

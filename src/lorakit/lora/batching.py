@@ -284,6 +284,6 @@ def _build_bank(layer: LoraLayer, stamp: tuple) -> Bank:
         A[slot, :, : ad.r] = ad.A.T
         B[slot, : ad.r] = (ad.B * ad.scaling).T
         if ad.use_dora:
-            dora[slot] = ad.magnitude / ad.dora_norm(W).to(ad.magnitude.dtype)
+            dora[slot] = ad.dora_scale(W)
     grouped = all(d * A.element_size() % 16 == 0 for d in (n_in, r_max, n_out))
     return Bank(stamp, tuple(name for name, _ in adapters), A, B, dora, grouped)

@@ -113,6 +113,10 @@ class Adapter(nn.Module):
         delta = self.delta_weight().detach().to(torch.float32)
         return torch.linalg.vector_norm(W.detach().to(torch.float32) + delta, dim=1)
 
+    def dora_scale(self, W: torch.Tensor) -> torch.Tensor:
+        """m / ||W + scaling * B A|| per output row: DoRA's factor on the adapted output."""
+        return self.magnitude / self.dora_norm(W).to(self.magnitude.dtype)
+
     def extra_repr(self) -> str:
         dora = ", dora" if self.use_dora else ""
         return f"r={self.r}, alpha={self.alpha:g}, scaling={self.scaling:g}{dora}"
@@ -218,10 +222,8 @@ class LoraLayer(nn.Module):
                 return _add_scaled(result, h, ad.B, scaling, autocast)
             # DoRA on an embedding (peft's): m/||W'|| per embedding feature (out = dim), the
             # norm taken over the vocabulary of the unscaled weights; no bias, no dropout
-            mag_scale = ad.magnitude / ad.dora_norm(self.weight_linear).to(ad.magnitude.dtype)
             lora = F.linear(h.to(ad.B.dtype), ad.B) * scaling
-            dora = (mag_scale - 1) * result.to(mag_scale.dtype) + mag_scale * lora
-            return result + dora.to(result.dtype)
+            return _add_dora(result, result, lora, ad.dora_scale(self.weight_linear))
         xa = x if x.dtype == ad.A.dtype or autocast else x.to(ad.A.dtype)
         dropped = self.training and ad.dropout > 0
         if dropped:  # with dropout 0 there is no extra copy of the input
@@ -231,15 +233,14 @@ class LoraLayer(nn.Module):
             return _add_scaled(result, h, ad.B, ad.scaling, autocast)
         # DoRA (peft's formulation): result += (m/||W'|| - 1) * base(x) + m/||W'|| * scaling * B A x
         W = self.weight_linear
-        mag_scale = (ad.magnitude / ad.dora_norm(W).to(ad.magnitude.dtype)).view(1, -1)
+        mag_scale = ad.dora_scale(W).view(1, -1)
         bias = getattr(self.base_layer, "bias", None)
         if dropped:
             base = F.linear(xa, W.to(xa.dtype))
         else:
             base = result if bias is None else result - bias
         lora = F.linear(h, ad.B) * ad.scaling
-        dora = (mag_scale - 1) * base.to(mag_scale.dtype) + mag_scale * lora
-        return result + dora.to(result.dtype)
+        return _add_dora(result, base, lora, mag_scale)
 
     def _embed(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         b = self.base_layer
@@ -249,6 +250,14 @@ class LoraLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, active={self.active}, merged={self.merged}"
+
+
+def _add_dora(
+    result: torch.Tensor, base: torch.Tensor, lora: torch.Tensor, mag_scale: torch.Tensor
+) -> torch.Tensor:
+    """DoRA (peft's formulation): result + (m/||W'|| - 1) * base(x) + m/||W'|| * lora(x)."""
+    dora = (mag_scale - 1) * base.to(mag_scale.dtype) + mag_scale * lora
+    return result + dora.to(result.dtype)
 
 
 def embed_scale(base: nn.Module) -> float:

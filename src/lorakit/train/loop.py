@@ -33,12 +33,7 @@ from lorakit.train.optim import build_optimizer, warmup_cosine
 from lorakit.train.outputs import Board, write_json, write_log_csv
 from lorakit.train.prepare import Prepared, prepare
 from lorakit.train.progress import Progress
-from lorakit.train.setup import (
-    apply_method,
-    check_output,
-    create_output,
-    resolve_device,
-)
+from lorakit.train.setup import apply_method, check_output, create_output, resolve_device
 
 
 @dataclass

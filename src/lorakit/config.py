@@ -87,6 +87,16 @@ class LoraConfig(StrictConfig):
                 raise ValueError(f"rank_pattern[{key!r}] must be positive, got {r}")
         return pattern or None
 
+    @field_validator("rank_pattern", "alpha_pattern")
+    @classmethod
+    def _valid_pattern_keys(cls, pattern: dict | None) -> dict | None:
+        for key in pattern or {}:
+            try:  # as _pattern_value matches it
+                re.compile(rf"(.*\.)?({key})$")
+            except re.error as exc:
+                raise ValueError(f"key {key!r} is not a valid regular expression: {exc}") from None
+        return pattern or None
+
     @field_validator("target_modules", "exclude_modules")
     @classmethod
     def _valid_regex(cls, value):

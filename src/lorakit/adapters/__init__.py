@@ -1,6 +1,18 @@
 """PEFT-format adapter files: read, validate, write."""
 
-from lorakit.adapters.load import load_adapter, read_config, read_weights
+from lorakit.adapters.files import confined_file, read_config, read_labels, read_weights
+from lorakit.adapters.load import ReadAdapter, attach_adapter, load_adapter, read_adapter
 from lorakit.adapters.save import adapter_state, save_adapter
 
-__all__ = ["adapter_state", "load_adapter", "read_config", "read_weights", "save_adapter"]
+__all__ = [
+    "ReadAdapter",
+    "adapter_state",
+    "attach_adapter",
+    "confined_file",
+    "load_adapter",
+    "read_adapter",
+    "read_config",
+    "read_labels",
+    "read_weights",
+    "save_adapter",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorakit.adapters.load import read_config, read_weights
+from lorakit.adapters.files import read_config, read_weights
 from lorakit.adapters.peft_format import parse_key
 
 

@@ -1,95 +1,151 @@
-"""load_adapter: a peft- or lorakit-written adapter directory → a named adapter on the model.
+"""Reading an adapter directory (peft- or lorakit-written) and attaching it to a model.
 
-Everything is read and checked (every key, every shape) before the model is touched, so
-a bad file raises a LorakitError and leaves the model exactly as it was.
+`read_adapter` reads and validates everything that needs no model (config field types,
+regexes, finite float tensors, key names, ranks) and touches no model, so a server runs it
+off its engine thread. `attach_adapter` checks every key and shape against the model, then
+injects and copies; a failure at any point leaves the model exactly as it was.
+`load_adapter` is the two in turn.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
-from lorakit.adapters.peft_format import (
-    CONFIG_NAME,
-    PICKLE_WEIGHTS_NAME,
-    UNSUPPORTED_FIELDS,
-    WEIGHTS_NAME,
-    Key,
-    from_peft_config,
-    parse_key,
-)
+from lorakit.adapters.files import read_config, read_weights
+from lorakit.adapters.peft_format import CONFIG_NAME, WEIGHTS_NAME, from_peft_config, parse_key
+from lorakit.adapters.validate import check_module_path, check_tensor, short
 from lorakit.config import LoraConfig
-from lorakit.errors import (
-    AdapterFormatError,
-    AdapterMismatchError,
-    ConfigError,
-    LorakitError,
-    UnsupportedAdapterError,
-)
-from lorakit.lora.inject import adaptable_modules, adapter_configs, inject
+from lorakit.errors import AdapterFormatError, AdapterMismatchError, ConfigError, LorakitError
+from lorakit.lora.inject import _set_module, adaptable_modules, adapter_configs, inject
 from lorakit.lora.layer import LoraLayer, linear_shape
 from lorakit.lora.manage import active_adapters, set_adapter
 from lorakit.lora.saved_module import ModulesToSave
 
+__all__ = [
+    "ReadAdapter",
+    "attach_adapter",
+    "load_adapter",
+    "read_adapter",
+    "read_config",
+    "read_weights",
+]
 
-def read_config(path: Path) -> dict:
+
+@dataclass(frozen=True)
+class ReadAdapter:
+    """An adapter directory read and validated without a model (what `read_adapter` returns)."""
+
+    path: Path
+    raw: dict = field(repr=False)  # adapter_config.json as read
+    config: LoraConfig
+    tensors: dict[str, torch.Tensor] = field(repr=False)  # file key -> tensor
+    # module path -> {"A", "B", "magnitude", "bias", "base_weight": tensor}
+    parts: dict[str, dict[str, torch.Tensor]] = field(repr=False)
+    saved: dict[str, dict[str, torch.Tensor]] = field(repr=False)  # modules_to_save params
+    ranks: dict[str, int] = field(repr=False)  # adapted module path -> r
+    alphas: dict[str, float] = field(repr=False)  # adapted module path -> alpha
+    stem: str = "adapter"  # the adapter's name when "default" is taken
+
+    @property
+    def bias(self) -> str:
+        """Which base biases the adapter carries: none, all or lora_only."""
+        return self.config.bias
+
+    @property
+    def task_type(self) -> str | None:
+        return self.config.task_type
+
+
+def read_adapter(
+    path: str | Path, allow_pickle: bool = False, *, confine: bool = False
+) -> ReadAdapter:
+    """Read and validate an adapter directory without a model (thread-safe; no model access).
+
+    Checks the config's field types and regexes, that every tensor is a finite float under a
+    LoRA key, and that ranks agree between tensors and config. `confine`: every file read must
+    be a regular file inside the directory (no symlinks out of it). Raises AdapterFormatError.
+    """
+    path = Path(path)
+    raw = read_config(path, confine=confine)
+    tensors = read_weights(path, allow_pickle, confine=confine)
     file = path / CONFIG_NAME
-    if not path.is_dir():
-        raise AdapterFormatError(
-            f"adapter directory {path} does not exist — pass a directory written by save_adapter or peft"
-        )
-    if not file.is_file():
-        raise AdapterFormatError(
-            f"{path} has no {CONFIG_NAME} — is it a peft/lorakit adapter directory?"
-        )
     try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        config = LoraConfig(**from_peft_config(raw))
+    except ConfigError as exc:
+        raise AdapterFormatError(f"{file}: {exc}") from None
+    parts, saved = _group(tensors, config, path / WEIGHTS_NAME)
+    ranks, alphas = {}, {}
+    for module, p in parts.items():
+        if "A" not in p:
+            continue
+        r = p["A"].shape[0]
+        if r != config.rank_for(module):
+            raise AdapterFormatError(
+                f"{path / WEIGHTS_NAME}: {module}: tensors have rank {r} but {CONFIG_NAME} gives r={config.rank_for(module)} — fix r / rank_pattern"
+            )
+        ranks[module], alphas[module] = r, config.alpha_for(module)
+    if not ranks and not saved:
         raise AdapterFormatError(
-            f"{file} is not valid JSON ({exc}) — re-save the adapter"
-        ) from None
-    if not isinstance(raw, dict):
-        raise AdapterFormatError(f"{file} must hold a JSON object — re-save the adapter")
-    peft_type = raw.get("peft_type", "LORA")
-    if str(peft_type).upper() != "LORA":
-        raise UnsupportedAdapterError(
-            f"{file}: peft_type {peft_type!r} is not supported — lorakit reads LORA adapters"
+            f"{path / WEIGHTS_NAME} holds no LoRA weights — re-save the adapter"
         )
-    for field in UNSUPPORTED_FIELDS:
-        if raw.get(field) not in (None, False, [], {}, ""):
-            raise UnsupportedAdapterError(
-                f"{file}: {field}={raw[field]!r} is not supported by lorakit — retrain without it"
-            )
-    return raw
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", os.path.basename(os.path.realpath(path))) or "adapter"
+    return ReadAdapter(path, raw, config, tensors, parts, saved, ranks, alphas, stem)
 
 
-def read_weights(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    file = path / WEIGHTS_NAME
-    if file.is_file():
-        try:
-            return load_file(str(file))
-        except (SafetensorError, OSError, ValueError) as exc:
+def _group(tensors: dict, config: LoraConfig, file: Path):
+    """Check every key and tensor; ({module: {part: tensor}}, {saved module: {param: tensor}})."""
+    saved_names = list(config.modules_to_save or [])
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    saved: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        parsed = parse_key(key, saved_names)
+        if parsed is None:
             raise AdapterFormatError(
-                f"{file} is truncated or corrupted ({exc}) — re-save or re-download it"
-            ) from None
-    pickled = path / PICKLE_WEIGHTS_NAME
-    if pickled.is_file():
-        if not allow_pickle:
-            raise AdapterFormatError(
-                f"{path} holds only {PICKLE_WEIGHTS_NAME} (a pickle) — convert it to safetensors, "
-                "or pass allow_pickle=True to read it with torch.load(weights_only=True)"
+                f"{file}: unexpected tensor {short(key, 320)} — not a LoRA key peft or lorakit writes"
             )
-        try:
-            return torch.load(pickled, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many kinds here; all mean "unreadable file"
-            raise AdapterFormatError(f"{pickled} could not be read safely ({exc})") from None
-    raise AdapterFormatError(f"{path} has no {WEIGHTS_NAME} — is it a complete adapter directory?")
+        check_module_path(parsed.module, key, file)
+        if parsed.part == "original":
+            continue
+        check_tensor(tensor, key, file)
+        if parsed.part == "saved":
+            saved.setdefault(parsed.module, {})[parsed.param] = tensor
+            continue
+        if parsed.part == "bias" and config.bias == "none":
+            raise AdapterFormatError(
+                f"{file}: tensor {short(key, 320)} is a bias but {CONFIG_NAME} has bias='none' — re-save the adapter"
+            )
+        parts.setdefault(parsed.module, {})[parsed.part] = tensor
+    for module, p in parts.items():
+        if {"A", "B"} <= p.keys():
+            A, B = p["A"], p["B"]
+            if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1] or A.shape[0] == 0:
+                raise AdapterFormatError(
+                    f"{file}: {module} has A {list(A.shape)} and B {list(B.shape)} — "
+                    "LoRA needs A [r, in] and B [out, r] with r >= 1"
+                )
+            if config.use_dora != ("magnitude" in p):
+                raise AdapterFormatError(
+                    f"{file}: {module}: use_dora={config.use_dora} but DoRA magnitude is {'missing' if config.use_dora else 'present'}"
+                )
+            if "magnitude" in p and tuple(p["magnitude"].shape) != (B.shape[0],):
+                raise AdapterFormatError(
+                    f"{file}: {module} has DoRA magnitude {list(p['magnitude'].shape)} for B {list(B.shape)} — needs [{B.shape[0]}]"
+                )
+        elif {"A", "B", "magnitude"} & p.keys():
+            raise AdapterFormatError(
+                f"{file}: {module} has only one of lora_A / lora_B — the file is incomplete"
+            )
+        if "bias" in p and p["bias"].dim() != 1:
+            raise AdapterFormatError(
+                f"{file}: {module} has a bias of shape {list(p['bias'].shape)}"
+            )
+    return parts, saved
 
 
 def _module_dims(module: nn.Module, kind: str) -> tuple[int, int]:
@@ -98,29 +154,16 @@ def _module_dims(module: nn.Module, kind: str) -> tuple[int, int]:
     return n_in, out
 
 
-def _plan(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor], where: Path):
-    """Check every key and shape; return ({module: {part: tensor}}, {saved module: {param: tensor}})."""
-    base_name = config.base_model_name_or_path or "unknown"
+def _plan(model: nn.Module, read: ReadAdapter):
+    """Check every module and shape against the model. Returns three dicts:
+    ({adapted module: {part: tensor}}, {module: {part: tensor}} including bias-only modules,
+    {saved module: {param: tensor}})."""
+    base_name = read.config.base_model_name_or_path or "unknown"
     hint = f"was the adapter trained on another base model (its base: {base_name})?"
-    saved_names = list(config.modules_to_save or [])
-    lora: dict[str, dict[str, torch.Tensor]] = {}
-    saved: dict[str, dict[str, torch.Tensor]] = {}
     candidates = adaptable_modules(model)
     modules = dict(model.named_modules())
-    for key, tensor in tensors.items():
-        parsed: Key | None = parse_key(key, saved_names)
-        if parsed is None:
-            raise AdapterFormatError(
-                f"{where}: unexpected tensor {key!r} — not a LoRA key peft or lorakit writes"
-            )
-        if parsed.part == "original":
-            continue
-        if parsed.part == "saved":
-            saved.setdefault(parsed.module, {})[parsed.param] = tensor
-        else:
-            lora.setdefault(parsed.module, {})[parsed.part] = tensor
-    for path, parts in lora.items():
-        if {"A", "B"} <= parts.keys():
+    for path, parts in read.parts.items():
+        if "A" in parts:
             if path not in candidates:
                 raise AdapterMismatchError(
                     f"adapter has weights for {path!r}, which this model lacks — {hint}"
@@ -128,33 +171,11 @@ def _plan(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor]
             module, kind = candidates[path]
             n_in, out = _module_dims(module, kind)
             A, B = parts["A"], parts["B"]
-            r = A.shape[0]
-            if (
-                A.dim() != 2
-                or B.dim() != 2
-                or tuple(A.shape) != (r, n_in)
-                or tuple(B.shape) != (out, r)
-            ):
+            if A.shape[1] != n_in or B.shape[0] != out:
                 raise AdapterMismatchError(
                     f"{path}: adapter has A {list(A.shape)} and B {list(B.shape)}, but the layer needs "
                     f"A [r, {n_in}] and B [{out}, r] — {hint}"
                 )
-            if r != config.rank_for(path):
-                raise AdapterFormatError(
-                    f"{path}: tensors have rank {r} but adapter_config.json gives r={config.rank_for(path)} — fix r / rank_pattern"
-                )
-            if config.use_dora != ("magnitude" in parts):
-                raise AdapterFormatError(
-                    f"{path}: use_dora={config.use_dora} but DoRA magnitude is {'missing' if config.use_dora else 'present'}"
-                )
-            if "magnitude" in parts and tuple(parts["magnitude"].shape) != (out,):
-                raise AdapterMismatchError(
-                    f"{path}: DoRA magnitude {list(parts['magnitude'].shape)} != [{out}] — {hint}"
-                )
-        elif {"A", "B"} & parts.keys():
-            raise AdapterFormatError(
-                f"{where}: {path} has only one of lora_A / lora_B — the file is incomplete"
-            )
         target = modules.get(path)
         base = target.base_layer if isinstance(target, LoraLayer) else target
         if "bias" in parts:
@@ -173,7 +194,7 @@ def _plan(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor]
                     f"{path}: adapter carries its own base weights (resized vocabulary?) that differ from this model's — "
                     "load it on the base it was trained with"
                 )
-    for path, params in saved.items():
+    for path, params in read.saved.items():
         module = modules.get(path)
         if isinstance(module, ModulesToSave):
             module = module.original_module
@@ -188,18 +209,70 @@ def _plan(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor]
                 raise AdapterMismatchError(
                     f"{path}.{name}: adapter has {list(tensor.shape)}, the model has {have} — {hint}"
                 )
-    return {p: v for p, v in lora.items() if "A" in v}, lora, saved
+    lora = {p: v for p, v in read.parts.items() if "A" in v}
+    return lora, read.parts, read.saved
 
 
-def _free_name(model: nn.Module, path: Path) -> str:
+def _free_name(model: nn.Module, stem: str) -> str:
     taken = adapter_configs(model)
     if "default" not in taken:
         return "default"
-    stem = re.sub(r"[^A-Za-z0-9_-]", "_", path.resolve().name) or "adapter"
     name, i = stem, 1
     while name in taken:
         i += 1
         name = f"{stem}_{i}"
+    return name
+
+
+def attach_adapter(
+    model: nn.Module, read: ReadAdapter, adapter: str | None = None, *, trainable: bool = False
+) -> str:
+    """Attach a read adapter to `model` as `adapter` (default: "default", or the directory's
+    name if taken) and return the name. No file I/O.
+
+    Every module and shape is checked against the model first; then the adapter is injected
+    and its tensors copied. All-or-nothing: on any failure the adapter is taken out again
+    and the model's modules, values, active adapters and requires_grad are as before.
+    The new adapter becomes active only if no adapter was active; it is frozen unless
+    `trainable`.
+    """
+    config = read.config
+    lora, parts_by_module, saved = _plan(model, read)
+    name = adapter if adapter is not None else _free_name(model, read.stem)
+    if name in adapter_configs(model):
+        raise ConfigError(
+            f"adapter {name!r} already exists — delete_adapter() it or pass another name"
+        )
+    # Patterns only for what differs from r / alpha: no regex of the adapter's is run here.
+    shape_config = config.model_copy(
+        update=dict(
+            target_modules=list(lora),
+            exclude_modules=None,
+            modules_to_save=list(saved) or None,
+            init="gaussian",
+            rank_pattern={re.escape(p): r for p, r in read.ranks.items() if r != config.r} or None,
+            alpha_pattern={re.escape(p): a for p, a in read.alphas.items() if a != config.alpha}
+            or None,
+        )
+    )
+    grads = {p: p.requires_grad for p in _adapter_parameters(model)}
+    before = active_adapters(model)
+    snapshot = _Snapshot(model, parts_by_module)
+    try:
+        try:
+            inject(model, shape_config, name)
+        except LorakitError as exc:
+            raise AdapterMismatchError(f"{read.path}: {exc}") from None
+        adapter_configs(model)[name] = config
+        _copy_in(model, name, parts_by_module, saved)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in _adapter_parameters(model):
+            p.requires_grad_(grads.get(p, trainable))
+        set_adapter(model, before or name)
+    except BaseException:
+        snapshot.restore(model, name)
+        raise
     return name
 
 
@@ -217,49 +290,57 @@ def load_adapter(
     The new adapter becomes active only if no adapter was active. It is frozen unless
     `trainable`. Pickle weights (adapter_model.bin) are read only with `allow_pickle`.
     """
-    path = Path(path)
-    raw = read_config(path)
-    tensors = read_weights(path, allow_pickle)
-    try:
-        config = LoraConfig(**from_peft_config(raw))
-    except ConfigError as exc:
-        raise AdapterFormatError(f"{path / CONFIG_NAME}: {exc}") from None
-    lora, parts_by_module, saved = _plan(model, config, tensors, path)
-    if not lora and not saved:
-        raise AdapterFormatError(
-            f"{path / WEIGHTS_NAME} holds no LoRA weights — re-save the adapter"
-        )
-    name = adapter if adapter is not None else _free_name(model, path)
-    if name in adapter_configs(model):
-        raise ConfigError(
-            f"adapter {name!r} already exists — delete_adapter() it or pass another name"
-        )
+    return attach_adapter(model, read_adapter(path, allow_pickle), adapter, trainable=trainable)
 
-    # Other adapters keep their trainability; the base stays frozen, as after inject.
-    grads = {p: p.requires_grad for p in _adapter_parameters(model)}
-    before = active_adapters(model)
-    shape_config = config.model_copy(
-        update=dict(
-            target_modules=list(lora),
-            exclude_modules=None,
-            modules_to_save=list(saved) or None,
-            init="gaussian",
-            rank_pattern={re.escape(p): v["A"].shape[0] for p, v in lora.items()},
-            alpha_pattern={re.escape(p): config.alpha_for(p) for p in lora},
-        )
-    )
-    try:
-        inject(model, shape_config, name)
-    except LorakitError as exc:
-        raise AdapterMismatchError(f"{path}: {exc}") from None
-    adapter_configs(model)[name] = config
-    _copy_in(model, name, parts_by_module, saved)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in _adapter_parameters(model):
-        p.requires_grad_(grads.get(p, trainable))
-    set_adapter(model, before or name)
-    return name
+
+class _Snapshot:
+    """What attaching an adapter can change, kept to undo a failed attach."""
+
+    def __init__(self, model: nn.Module, parts: dict):
+        self.modules = set(model.modules())
+        self.active = {
+            m: list(m.active) for m in self.modules if isinstance(m, LoraLayer | ModulesToSave)
+        }
+        self.state = {k: model.__dict__.get(k) for k in ("_lorakit_active", "_lorakit_configs")}
+        self.configs = dict(self.state["_lorakit_configs"] or {})
+        self.active_names = list(self.state["_lorakit_active"] or [])
+        self.grads = {p: p.requires_grad for p in model.parameters()}
+        modules = dict(model.named_modules())
+        self.biases = []
+        for path, p in parts.items():
+            target = modules.get(path)
+            base = target.base_layer if isinstance(target, LoraLayer) else target
+            if "bias" in p and getattr(base, "bias", None) is not None:
+                self.biases.append((base.bias, base.bias.detach().clone()))
+
+    @torch.no_grad()
+    def restore(self, model: nn.Module, name: str) -> None:
+        wrappers = [
+            (n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer | ModulesToSave)
+        ]
+        for path, m in wrappers:
+            held = m.adapters if isinstance(m, LoraLayer) else m.copies
+            if name in held:
+                del held[name]
+            if m in self.modules:
+                m.active = self.active[m]
+            else:  # a wrapper this attach created: put the original module back
+                original = m.base_layer if isinstance(m, LoraLayer) else m.original_module
+                _set_module(model, path, original)
+        for key, value in self.state.items():
+            if value is None:
+                model.__dict__.pop(key, None)
+            else:
+                model.__dict__[key] = value
+        if self.state["_lorakit_configs"] is not None:  # the same dict inject added to
+            self.state["_lorakit_configs"].clear()
+            self.state["_lorakit_configs"].update(self.configs)
+        if self.state["_lorakit_active"] is not None:
+            model.__dict__["_lorakit_active"] = self.active_names
+        for p, grad in self.grads.items():
+            p.requires_grad_(grad)
+        for p, value in self.biases:
+            p.copy_(value)
 
 
 def _adapter_parameters(model: nn.Module) -> list[nn.Parameter]:

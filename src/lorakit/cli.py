@@ -89,7 +89,12 @@ def train(
     resume: bool = Opt(
         False, "--resume", help="Continue the run in --output from its last checkpoint."
     ),
-    overwrite: bool = Opt(False, "--overwrite", help="Replace an existing --output."),
+    overwrite: bool = Opt(
+        False,
+        "--overwrite",
+        help="Replace an existing --output that is a lorakit run (never other files, the data "
+        "or the model).",
+    ),
     print_config: bool = Opt(False, "--print-config", help="Print the resolved config and exit."),
 ) -> None:
     """Fine-tune a model (LoRA by default) and write adapter, metrics, log and plots."""
@@ -225,7 +230,9 @@ def merge(
     adapter: str = Opt(..., help="Adapter directory."),
     output: str = Opt(..., help="Directory for the merged model."),
     model: str = Opt("minilm", help="Base model the adapter was trained on."),
-    overwrite: bool = Opt(False, "--overwrite", help="Replace an existing output."),
+    overwrite: bool = Opt(
+        False, "--overwrite", help="Replace an existing output lorakit wrote (nothing else)."
+    ),
     dequantize: bool = Opt(
         False,
         "--dequantize",
@@ -282,7 +289,9 @@ def compare(
         None, "--isolate/--in-process", help="Train each run in its own process (default)."
     ),
     device: str | None = Opt(None, help="auto, cpu or cuda."),
-    overwrite: bool = Opt(False, "--overwrite", help="Replace a directory of another sweep."),
+    overwrite: bool = Opt(
+        False, "--overwrite", help="Replace a lorakit directory of another sweep (nothing else)."
+    ),
     print_config: bool = Opt(False, "--print-config", help="Print the resolved config and exit."),
 ) -> None:
     """LoRA at several ranks and targets vs DoRA, full fine-tuning and head-only → report.md."""
@@ -333,7 +342,9 @@ def rank_probe(
     max_length: int | None = Opt(None, help="Tokens per example."),
     seed: int | None = Opt(None, help="Random seed."),
     device: str | None = Opt(None, help="auto, cpu or cuda."),
-    overwrite: bool = Opt(False, "--overwrite", help="Replace an existing output."),
+    overwrite: bool = Opt(
+        False, "--overwrite", help="Replace an existing output lorakit wrote (nothing else)."
+    ),
     print_config: bool = Opt(False, "--print-config", help="Print the resolved config and exit."),
 ) -> None:
     """Recommend a LoRA rank from a high-rank run's singular values, then validate it."""
@@ -381,6 +392,12 @@ def serve(
     max_tokens_cap: int | None = Opt(None, help="Largest max_tokens allowed (default 1024)."),
     max_prompt_tokens: int | None = Opt(None, help="Longest prompt in tokens (default 4096)."),
     max_body_bytes: int | None = Opt(None, help="Largest request body (default 1 MB)."),
+    request_timeout: float | None = Opt(
+        None, help="Seconds a generation may take, queue included; then 408 (default 600)."
+    ),
+    stall_timeout: float | None = Opt(
+        None, help="/health says 503 after this many seconds without progress (default 120)."
+    ),
     api_key_env: str | None = Opt(
         None, help="Env variable holding the API key (default LORAKIT_API_KEY)."
     ),
@@ -453,7 +470,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # click's usage errors carry their own exit code
         code = getattr(exc, "exit_code", None)
         if code is None:
-            raise
+            from lorakit.atomic import as_write_error
+
+            # a full disk or a permission error in a write outside lorakit's own writers
+            disk = None if _state["debug"] else as_write_error(exc, verb="access")
+            if disk is None:
+                raise
+            print(f"error: {disk}", file=sys.stderr)
+            return disk.exit_code
         show = getattr(exc, "show", None)
         if show:
             show()

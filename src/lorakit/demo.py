@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
+from lorakit.atomic import check_replaceable, replace_dir
 from lorakit.config import TrainConfig
 from lorakit.errors import OutputExistsError
 
@@ -42,6 +42,7 @@ INSTRUCT = dict(
     max_train_samples=400,
     max_eval_samples=100,
 )
+DEMO_RUNS = ("minilm-sentiment", "smollm2-sentiment")
 QUICK = dict(max_steps=3, max_train_samples=96, max_eval_samples=24, batch_size=8)
 
 
@@ -49,17 +50,18 @@ def run_demo(
     output: str = "runs/demo", overwrite: bool = False, quick: bool = False, say=print
 ) -> dict:
     out = Path(output)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise OutputExistsError(f"{out} already exists — pass --overwrite to replace it")
-        shutil.rmtree(out)
+        check_replaceable(out)  # only an earlier demo's directory, never the user's files
+    replace_dir(out, "demo", DEMO_RUNS, lambda _: None)
     from lorakit.train import train
 
     t0 = time.perf_counter()
     quick_kw = QUICK if quick else {}
     say("== 1/3  MiniLM sentiment classifier: LoRA on the tweets ==")
     sentiment = train(
-        TrainConfig(**{**SENTIMENT, **quick_kw}, output=str(out / "minilm-sentiment")),
+        TrainConfig(**{**SENTIMENT, **quick_kw}, output=str(out / DEMO_RUNS[0])),
         log=say,
         progress=not quick,
         baseline=True,
@@ -71,12 +73,12 @@ def run_demo(
     say(f"{'after LoRA':24}{after['accuracy']:>10.4f}{after['macro_f1']:>10.4f}")
     say(
         f"trained {sentiment['train_samples']:,} tweets in {sentiment['train_seconds']:.0f}s "
-        f"({sentiment['train_samples_per_s']:.1f} samples/s) → {out / 'minilm-sentiment'}"
+        f"({sentiment['train_samples_per_s']:.1f} samples/s) → {out / DEMO_RUNS[0]}"
     )
 
     say("\n== 2/3  SmolLM2-135M instruction adapter: answer positive / neutral / negative ==")
     instruct = train(
-        TrainConfig(**{**INSTRUCT, **quick_kw}, output=str(out / "smollm2-sentiment")),
+        TrainConfig(**{**INSTRUCT, **quick_kw}, output=str(out / DEMO_RUNS[1])),
         log=say,
         progress=not quick,
         baseline=True,

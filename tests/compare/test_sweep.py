@@ -185,8 +185,13 @@ def test_train_or_reuse_trains_reuses_resumes_restarts(tmp_path, bert_dir, senti
         (tmp_path / "b/metrics.json").unlink()
         metrics, status = train_or_reuse(killed, **quiet)
         assert status == "resumed" and calls[-1][1] is True and metrics["steps"] == 2
-        # killed before any checkpoint: restarted over the partial directory
+        # killed before any checkpoint: restarted over the partial directory (lorakit's:
+        # marked as a run, so --overwrite may replace it)
+        from lorakit.atomic import mark
+        from lorakit.train.setup import RUN_FILES
+
         (tmp_path / "c").mkdir()
+        mark(tmp_path / "c", "train", RUN_FILES)
         (tmp_path / "c/config.json").write_text("{}")
         cfg_c = TrainConfig(**base, output=str(tmp_path / "c"))
         assert train_or_reuse(cfg_c, **quiet)[1] == "trained" and calls[-1][2] is True

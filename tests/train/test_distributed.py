@@ -146,7 +146,9 @@ def test_only_rank_zero_writes_and_logs(cls_runs):
     tmp, ddp = cls_runs
     out = tmp / "ddp"
     names = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    assert not [n for n in names if Path(n).name.startswith(".") or n.endswith(".tmp")], names
+    hidden = [n for n in names if Path(n).name.startswith(".") and n != ".lorakit-run"]
+    assert not hidden and not [n for n in names if n.endswith(".tmp")], names
+    assert ".lorakit-run" in names  # the run is marked as lorakit's
     assert len(list((out / "tensorboard").iterdir())) == 1  # one writer, not one per rank
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "step-00000009",

@@ -19,6 +19,16 @@ from lorakit.config import TrainConfig
 from lorakit.eval.measure import percentile
 
 CONFIG_FILE = "rank_probe_config.json"
+# What a rank-probe directory holds at its top level (its .lorakit-run marker lists them).
+PROBE_FILES = (
+    CONFIG_FILE,
+    "probe-r*",
+    "validate-r*",
+    "rank_probe.json",
+    "recommendation.yaml",
+    "report.md",
+    "spectra.png",
+)
 
 
 def update_singular_values(A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -82,6 +92,7 @@ def rank_probe(config: RankProbeConfig, log: Callable[[str], None] = print) -> d
     from lorakit.compare.report import primary_metric
     from lorakit.compare.sweep import open_output, resolve_target_sets, train_or_reuse
     from lorakit.eval.infer import load_for_inference
+    from lorakit.train.setup import protected_paths
 
     out = Path(config.output)
     probe_cfg = config.run_config(out / f"probe-r{config.rank}", method="lora", r=config.rank)
@@ -92,7 +103,15 @@ def rank_probe(config: RankProbeConfig, log: Callable[[str], None] = print) -> d
         from lorakit.compare.probe_check import read_sweep
 
         read_sweep(config.against)
-    open_output(out, CONFIG_FILE, config.model_dump(mode="json"), config.overwrite)
+    open_output(
+        out,
+        CONFIG_FILE,
+        config.model_dump(mode="json"),
+        config.overwrite,
+        kind="rank-probe",
+        files=PROBE_FILES,
+        protected=protected_paths(probe_cfg),
+    )
 
     log(f"probe: LoRA r={config.rank} on {config.targets}")
     probe_metrics, _ = train_or_reuse(probe_cfg, overwrite=config.overwrite, log=log)

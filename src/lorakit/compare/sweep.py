@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
+from lorakit.atomic import check_replaceable, clean_temps, read_marker, replace_dir, writing
 from lorakit.compare.config import CompareConfig
 from lorakit.config import LoraConfig, TrainConfig
 from lorakit.errors import ConfigError, LorakitError, OutputExistsError, TargetNotFoundError
 from lorakit.train.outputs import write_json
+from lorakit.train.setup import protected_paths
 
 # Leaf names of the attention query / value projections across architectures
 # (BERT, Llama/Mistral/Qwen, T5, and GPT-2's fused qkv).
@@ -28,6 +30,8 @@ CONFIG_FILE = "compare_config.json"
 # Settings that may change between a sweep and its resumption: they change how it runs or
 # is reported, not what is trained.
 FREE_KEYS = {"overwrite", "isolate", "output", "metric"}
+# What a sweep directory holds at its top level (its .lorakit-run marker lists them).
+SWEEP_FILES = (CONFIG_FILE, "runs", "logs", "results.csv", "results.json", "report.md", "*.png")
 _RUN_FREE = {"resume", "overwrite", "output"}
 _CHILD = "import sys; from lorakit.compare.sweep import child_main; sys.exit(child_main())"
 
@@ -116,8 +120,24 @@ def plan(config: CompareConfig, target_sets: dict[str, list[str] | str]) -> list
     return runs
 
 
-def open_output(out: Path, filename: str, settings: dict, overwrite: bool, free=FREE_KEYS):
-    """Claim `out` for these settings: resume the same ones, refuse others without overwrite."""
+def open_output(
+    out: Path,
+    filename: str,
+    settings: dict,
+    overwrite: bool,
+    free=FREE_KEYS,
+    *,
+    kind: str = "compare",
+    files: tuple[str, ...] = SWEEP_FILES,
+    protected: dict | None = None,
+) -> None:
+    """Claim `out` for these settings: resume the same ones, refuse others without overwrite.
+
+    --overwrite replaces only a lorakit output of any kind (its `.lorakit-run` marker lists
+    what it may hold) that is not and does not hold `protected` ({what: path}: the data, the
+    model); anything else is refused (lorakit.atomic.check_replaceable). A new directory is
+    marked as a `kind` output holding `files` (and `filename`).
+    """
     saved = out / filename
     if saved.is_file():
         old = json.loads(saved.read_text())
@@ -130,14 +150,19 @@ def open_output(out: Path, filename: str, settings: dict, overwrite: bool, free=
                 "same settings to resume it, pass --overwrite to replace it (finished runs "
                 "whose settings did not change are kept), or pick another --output"
             )
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if changed:  # the runs the new settings do not have will be deleted
+            check_replaceable(out, protected or {})
+        clean_temps(out)
+        write_json(saved, settings)
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise OutputExistsError(
                 f"{out} already exists — pass --overwrite to replace it, or pick another --output"
             )
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(saved, settings)
+        check_replaceable(out, protected or {})
+    names = (filename, *(f for f in files if f != filename))
+    replace_dir(out, kind, names, lambda d: write_json(d / filename, settings))
 
 
 def _same_settings(out: Path, cfg: TrainConfig) -> bool:
@@ -188,8 +213,10 @@ def train_or_reuse(
 
 def _train_in_child(cfg: TrainConfig, log_path: Path) -> dict:
     """Train in a fresh Python process: its peak memory is this run's alone."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as f:
+    with writing(log_path):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
+    with log_file as f:
         proc = subprocess.run(
             [sys.executable, "-c", _CHILD],
             input=cfg.model_dump_json(),
@@ -236,12 +263,17 @@ def run_sweep(config: CompareConfig, log: Callable[[str], None] = print) -> dict
     runs = plan(config, target_sets)
     device = resolve_device(config.device)
     probe = probe_inputs(runs[0].config, config.latency_samples)
-    open_output(out, CONFIG_FILE, config.model_dump(mode="json"), config.overwrite)
+    protected = protected_paths(runs[0].config)
+    open_output(
+        out, CONFIG_FILE, config.model_dump(mode="json"), config.overwrite, protected=protected
+    )
+    clean_temps(out / "runs")
     if config.overwrite and (out / "runs").is_dir():
         planned = {r.name for r in runs}
         for stale in (out / "runs").iterdir():
-            if stale.name not in planned:  # a run of the replaced sweep
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            # a run of the replaced sweep; anything lorakit did not make there stays
+            if stale.name not in planned and read_marker(stale) is not None:
+                shutil.rmtree(stale)
     rows, results = [], {}
     for i, run in enumerate(runs, 1):
         log(f"[{i}/{len(runs)}] {run.name}")

@@ -53,9 +53,23 @@ def encode_classification(
             f"labels {unknown[:5]} do not occur in the training data (classes: {list(label_names)})"
             " — fix the labels, or add examples of them to the training data"
         )
-    texts = [t or "" for t in column(ds, text_column)]
+    texts = text_column_values(ds, text_column)
     ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     return Dataset.from_dict({"input_ids": ids, "labels": labels})
+
+
+def text_column_values(ds: Dataset, name: str) -> list[str]:
+    """Column `name` as strings (missing values as ""); a DataError when it holds numbers or
+    other non-text values, naming the column and the first such value."""
+    values = column(ds, name)
+    for v in values:
+        if v is not None and not isinstance(v, str):
+            raise DataError(
+                f"column {name!r} holds {type(v).__name__} values, not text (e.g. {v!r:.40}) — "
+                "name the column that holds the text (--text-column for classification), or "
+                "fix the file"
+            )
+    return [v or "" for v in values]
 
 
 def encode_text(
@@ -63,7 +77,7 @@ def encode_text(
 ) -> Dataset:
     """Plain text for language modelling: loss on every token; EOS closes each untruncated text."""
     check_columns(ds, [text_column])
-    encoded = tokenizer([t or "" for t in column(ds, text_column)])["input_ids"]
+    encoded = tokenizer(text_column_values(ds, text_column))["input_ids"]
     ids = [_with_eos(x, tokenizer)[:max_length] for x in encoded]
     return _lm_dataset(ids, [list(x) for x in ids])
 
@@ -86,16 +100,17 @@ def encode_prompt_response(
     max_length are dropped.
     """
     check_columns(ds, [prompt_column, response_column])
-    prompts, responses = column(ds, prompt_column), column(ds, response_column)
+    prompts = text_column_values(ds, prompt_column)
+    responses = text_column_values(ds, response_column)
     if use_chat_template:
         head = [{"role": "system", "content": system}] if system else []
         chats = [
-            [*head, {"role": "user", "content": p or ""}, {"role": "assistant", "content": r or ""}]
+            [*head, {"role": "user", "content": p}, {"role": "assistant", "content": r}]
             for p, r in zip(prompts, responses, strict=True)
         ]
         return _encode_chats(tokenizer, chats, max_length)
-    prompt_ids = tokenizer([p or "" for p in prompts])["input_ids"]
-    response_ids = tokenizer([r or "" for r in responses], add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(prompts)["input_ids"]
+    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
     ids, labels = [], []
     for p, r in zip(prompt_ids, response_ids, strict=True):
         r = _with_eos(r, tokenizer)
@@ -205,7 +220,16 @@ def detect_lm_format(column_names: Sequence[str]) -> LmFormat:
 
 
 def _encode_chats(tokenizer, chats: Sequence[Sequence[dict]], max_length: int) -> Dataset:
-    rendered = [_chat_spans(tokenizer, messages) for messages in chats]
+    rendered = []
+    for i, messages in enumerate(chats):
+        try:
+            rendered.append(_chat_spans(tokenizer, messages))
+        except ChatTemplateError as exc:
+            roles = [m.get("role") for m in messages if isinstance(m, dict)]
+            raise DataError(
+                f"the chat template rejected conversation {i + 1} (roles {roles}): {exc.reason} "
+                "— fix the data to the form the model's template accepts, or use another model"
+            ) from None
     pairs = _label_spans(tokenizer, [r[0] for r in rendered], [r[1] for r in rendered])
     return _lm_dataset([x[:max_length] for x, _ in pairs], [y[:max_length] for _, y in pairs])
 
@@ -231,10 +255,29 @@ def _with_eos(ids: list[int], tokenizer) -> list[int]:
     return ids if eos is None or ids[-1:] == [eos] else [*ids, eos]
 
 
+class ChatTemplateError(DataError):
+    """The chat template raised while rendering (its raise_exception, or a template bug)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(
+            f"the chat template rejected a conversation ({reason}) — fix the data to the form "
+            "the model's template accepts, or use another model"
+        )
+
+
 def _render(tokenizer, messages: Sequence[dict], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=generation_prompt
-    )
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except TemplateError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ChatTemplateError(reason) from None
+    except (TypeError, ValueError, KeyError) as exc:  # e.g. content that is not a string
+        raise ChatTemplateError(f"{type(exc).__name__}: {str(exc).splitlines()[0]:.120}") from exc
 
 
 def _clean_message(message) -> dict:

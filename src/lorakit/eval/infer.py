@@ -9,20 +9,23 @@ from threading import Thread
 
 import torch
 
-from lorakit.adapters import load_adapter, read_config
-from lorakit.atomic import atomic_dir
-from lorakit.errors import ConfigError
+from lorakit.adapters import load_adapter, read_config, read_labels
+from lorakit.atomic import atomic_dir, check_replaceable
+from lorakit.errors import ConfigError, OutputExistsError
 from lorakit.lora import merge_and_unload
 from lorakit.models.load import load_model
 
 _TASK_OF = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}
 
 
-def adapter_task(adapter: str | Path) -> tuple[str | None, list[str] | None]:
-    """(task, label names) recorded with an adapter directory."""
-    raw = read_config(Path(adapter))
-    labels_file = Path(adapter) / "labels.json"
-    labels = json.loads(labels_file.read_text()) if labels_file.is_file() else None
+def adapter_task(
+    adapter: str | Path, *, confine: bool = False
+) -> tuple[str | None, list[str] | None]:
+    """(task, label names) recorded with an adapter directory. A malformed adapter_config.json
+    or labels.json raises AdapterFormatError; `confine`: both must be regular files inside the
+    directory (no symlinks out of it)."""
+    raw = read_config(Path(adapter), confine=confine)
+    labels = read_labels(Path(adapter), confine=confine)
     return _TASK_OF.get(raw.get("task_type")), labels
 
 
@@ -172,6 +175,13 @@ def merge_to_directory(
     training saw it instead — quantized the way the adapter's run did, then dequantized
     (W_q + s B A) — so the merged model reproduces the trained model's outputs.
     """
+    out = Path(output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # refused before the work
+        if not overwrite:
+            raise OutputExistsError(
+                f"{out} already exists — pass --overwrite to replace it, or pick another --output"
+            )
+        check_replaceable(out, _merge_inputs(model, adapter))
     mode = trained_quantization(adapter) if dequantize else None
     loaded, tokenizer, _, _ = load_for_inference(model, adapter)
     if mode is not None:
@@ -180,10 +190,25 @@ def merge_to_directory(
 
         to_plain(quantize(loaded, mode))
     plain = merge_and_unload(loaded)
-    with atomic_dir(output, overwrite=overwrite) as tmp:
+    # marked as lorakit's (listing its files), so a later --overwrite may replace it
+    with atomic_dir(output, overwrite=True, kind="merge") as tmp:  # checked above
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return Path(output)
+
+
+def _merge_inputs(model: str, adapter: str | Path) -> dict:
+    """What a merge's --overwrite must not delete: the adapter, the base, lorakit's cache."""
+    import contextlib
+
+    from lorakit.errors import LorakitError
+    from lorakit.models.load import resolve_model
+    from lorakit.models.paths import cache_dir
+
+    paths = {"the adapter": Path(adapter), "lorakit's cache": cache_dir()}
+    with contextlib.suppress(LorakitError):  # a bad name is reported by the load that follows
+        paths["the base model"] = resolve_model(model).path
+    return paths
 
 
 def trained_quantization(adapter: str | Path) -> str:

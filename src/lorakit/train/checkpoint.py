@@ -6,7 +6,9 @@ weights_only=True; under torchrun, every rank's RNG state) and `state.json` (ste
 position in the epoch, log so far). Tensors are whole even under FSDP, so single-process,
 DDP and FSDP runs read each other's checkpoints.
 It is built in a temp directory and renamed into place, so a kill at any moment leaves
-either the previous checkpoint or the new one.
+either the previous checkpoint or the new one (plus, after a kill, the temp directory
+`.step-N.XXXXXXXX.tmp`, removed when the run is resumed); a full disk is a one-line
+WriteError with the temp directory removed and the earlier checkpoints as they were.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lorakit.atomic import atomic_dir
+from lorakit.atomic import atomic_dir, save_stream
 from lorakit.errors import LorakitError
 from lorakit.train.distributed import rank_seed
 from lorakit.train.fsdp import (
@@ -69,7 +71,7 @@ def save_checkpoint(
         extra = {"optimizer": optimizer_state, "rng": torch.get_rng_state()}
         if rng_ranks:
             extra["rng_ranks"] = rng_ranks
-        torch.save(extra, tmp / "optimizer.pt")
+        save_stream(tmp / "optimizer.pt", lambda f: torch.save(extra, f))
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
     for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)

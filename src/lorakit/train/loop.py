@@ -27,10 +27,11 @@ from lorakit.train.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
+from lorakit.train.fingerprint import run_fingerprint
 from lorakit.train.fsdp import is_sharded, shard
 from lorakit.train.loss import IGNORE, loss_fn
 from lorakit.train.optim import build_optimizer, warmup_cosine
-from lorakit.train.outputs import Board, write_json, write_log_csv
+from lorakit.train.outputs import Board, write_log_csv
 from lorakit.train.prepare import Prepared, prepare
 from lorakit.train.progress import Progress
 from lorakit.train.setup import apply_method, check_output, create_output, resolve_device
@@ -52,6 +53,8 @@ class Run:
 def build(config: TrainConfig, log=print) -> Run:
     """Output dir, tokenizer, data, model and method, seeded: the same config builds the same run."""
     check_output(config)  # nothing is written until the model and data are known to be good
+    # what the run trains on, taken before reading it (rank 0 records it in the run)
+    prints = run_fingerprint(config) if not config.resume and distributed.is_main() else None
     device = distributed.setup(resolve_device(config.device))
     log = distributed.main_only(log)
     tokenizer = load_tokenizer(model_dir(resolve_model(config.model)), config.task)
@@ -73,8 +76,7 @@ def build(config: TrainConfig, log=print) -> Run:
     # second keeps the others from reading the directory before it is ready.
     distributed.barrier()
     if distributed.is_main():
-        out = create_output(config)
-        write_json(out / "config.json", config.model_dump(mode="json"))
+        create_output(config, prints)
     distributed.barrier()
     return Run(config, Path(config.output), model, tokenizer, data, TrainState(), device)
 
@@ -237,10 +239,15 @@ def fit(run: Run, evaluate_fn=None, log=print, progress: bool = True) -> TrainSt
             if b >= len(batches):
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 batches = None
-    finally:
+    except BaseException:
         bar.close()
-        if board:
-            board.close()
+        if board:  # the error in flight is the one to report
+            with contextlib.suppress(Exception):
+                board.close()
+        raise
+    bar.close()
+    if board:
+        board.close()
     model.eval()
     return state
 

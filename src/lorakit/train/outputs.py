@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from lorakit.atomic import write_file, write_text
+from lorakit.atomic import write_file, write_text, writing
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "tokens_per_s", "elapsed_s", "val_metric"]
 
@@ -88,17 +88,23 @@ def plot_confusion(path: Path, matrix: list[list[int]], labels: list[str]) -> No
 
 
 class Board:
-    """TensorBoard scalars; a resumed run purges events past its checkpoint's step."""
+    """TensorBoard scalars; a resumed run purges events past its checkpoint's step.
+
+    A disk error while writing events is a WriteError like any other write's."""
 
     def __init__(self, directory: Path, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(directory), purge_step=purge_step)
+        self.directory = directory
+        with writing(directory):
+            self.writer = SummaryWriter(str(directory), purge_step=purge_step)
 
     def log(self, step: int, values: dict) -> None:
-        for key, value in values.items():
-            if isinstance(value, int | float):
-                self.writer.add_scalar(key, value, step)
+        with writing(self.directory):
+            for key, value in values.items():
+                if isinstance(value, int | float):
+                    self.writer.add_scalar(key, value, step)
 
     def close(self) -> None:
-        self.writer.close()
+        with writing(self.directory):
+            self.writer.close()

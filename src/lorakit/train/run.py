@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorakit.adapters import save_adapter
+from lorakit.atomic import WriteError
 from lorakit.config import TrainConfig
 from lorakit.eval.measure import peak_memory_mb
 from lorakit.eval.run import (
@@ -15,6 +16,7 @@ from lorakit.eval.run import (
     finite,
 )
 from lorakit.train import distributed
+from lorakit.train.checkpoint import list_checkpoints
 from lorakit.train.fsdp import gathered
 from lorakit.train.loop import Run, build, fit, parameter_counts
 from lorakit.train.outputs import plot_confusion, plot_training, write_json, write_log_csv
@@ -87,9 +89,31 @@ def train(config: TrainConfig, log=print, progress: bool = True, baseline: bool 
         distributed.teardown()
 
 
+def _resumable(exc: WriteError, config: TrainConfig) -> WriteError:
+    """A failed write, with how to continue: every complete checkpoint is still there."""
+    done = list_checkpoints(Path(config.output) / "checkpoints")
+    if not done or not (Path(config.output) / "config.json").is_file():
+        return exc
+    step = int(done[-1].name.removeprefix("step-"))
+    fix = exc.fix.removesuffix(", then run the command again")
+    return WriteError(
+        exc.path,
+        exc.code,
+        f"{fix}, then add --resume to continue from step {step}, its last complete checkpoint",
+    )
+
+
 def _train(config: TrainConfig, log, progress: bool, baseline: bool) -> dict:
     log = distributed.main_only(log)
     run = build(config, log)
+    try:
+        return _fit_and_report(run, log, progress, baseline)
+    except WriteError as exc:  # the run directory exists: say how to go on from it
+        raise _resumable(exc, config) from exc
+
+
+def _fit_and_report(run: Run, log, progress: bool, baseline: bool) -> dict:
+    config = run.config
     before = finite(test_metrics(run, "test")) if baseline else None
     state = fit(run, validation_metric, log, progress)
     metrics = {

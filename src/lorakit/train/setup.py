@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from lorakit.allocator import large_blocks_returned
+from lorakit.atomic import check_replaceable, clean_temps, replace_dir
 from lorakit.config import TrainConfig
 from lorakit.errors import ConfigError, LorakitError, OutputExistsError
 from lorakit.lora import inject
+from lorakit.train.fingerprint import FILE as FINGERPRINT
+from lorakit.train.fingerprint import check_fingerprint, data_files, run_fingerprint
+from lorakit.train.outputs import write_json
 
 # Fields that may differ between a run and its resumption (checkpoints hold whole tensors,
 # so a DDP, FSDP or single-process run resumes any other).
@@ -28,6 +32,40 @@ _RESUME_FREE = {
     "save_every",
     "keep_last",
 }
+
+
+# What a run directory holds at its top level (the marker lists it: --overwrite refuses a
+# run directory holding anything else).
+RUN_FILES = (
+    "config.json",
+    FINGERPRINT,
+    "metrics.json",
+    "train_log.csv",
+    "*.png",
+    "adapter",
+    "model",
+    "checkpoints",
+    "tensorboard",
+    "latency.json",  # lorakit compare's, per run
+)
+
+
+def protected_paths(config: TrainConfig) -> dict[str, Path | None]:
+    """What an --overwrite of this run's output must never delete: its data and model."""
+    from lorakit.models.paths import cache_dir
+
+    paths: dict[str, Path | None] = {"lorakit's cache": cache_dir()}
+    with contextlib.suppress(LorakitError):  # a bad name fails later, with its own message
+        paths["the training data"] = (
+            next(iter(data_files(config.data).values()))
+            if config.data == "tweets"
+            else Path(config.data).expanduser()
+        )
+    with contextlib.suppress(LorakitError):
+        from lorakit.models.load import resolve_model
+
+        paths["the base model"] = resolve_model(config.model).path
+    return paths
 
 
 def check_output(config: TrainConfig) -> Path:
@@ -51,20 +89,35 @@ def check_output(config: TrainConfig) -> Path:
                 f"--resume with a different config ({', '.join(changed)}) — resume with the run's own "
                 f"settings (see {saved}) or start a new run in another --output"
             )
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
-        raise OutputExistsError(
-            f"{out} already exists — pass --overwrite to replace it, or --resume to continue it"
-        )
+        check_fingerprint(out, config)
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not config.overwrite:
+            raise OutputExistsError(
+                f"{out} already exists — pass --overwrite to replace it, or --resume to continue it"
+            )
+        check_replaceable(out, protected_paths(config))
     return out
 
 
-def create_output(config: TrainConfig) -> Path:
-    """Make the run directory, replacing an old one only when --overwrite said so."""
+def create_output(config: TrainConfig, fingerprint: dict | None = None) -> Path:
+    """Make the run directory (marker, fingerprint.json, config.json), or reopen it to resume.
+
+    An old run that --overwrite replaces is deleted only once the new directory and its
+    first files are written; until then (and on any error) it stays as it was. A resumed
+    run loses what a killed writer left (lorakit's temp names, in it and its checkpoints).
+    """
     out = check_output(config)
-    if not config.resume and out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    if config.resume:
+        clean_temps(out)
+        clean_temps(out / "checkpoints")
+        return out
+    prints = fingerprint if fingerprint is not None else run_fingerprint(config)
+
+    def first_files(directory: Path) -> None:
+        write_json(directory / FINGERPRINT, prints)  # before config.json: a run has both
+        write_json(directory / "config.json", config.model_dump(mode="json"))
+
+    return replace_dir(out, "train", RUN_FILES, first_files)
 
 
 def resolve_device(name: str) -> torch.device:

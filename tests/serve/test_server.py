@@ -30,6 +30,7 @@ def _lm_adapters(model_dir: Path, out: Path) -> dict[str, Path]:
     paths = {}
     for i, name in enumerate(["calm", "cheerful", "spare"]):
         cfg = lorakit.LoraConfig(r=8, alpha=16, target_modules=["q_proj", "v_proj", "o_proj"])
+        torch.manual_seed(100 + i)  # A's init: the same adapters whatever ran before
         lorakit.inject(model, cfg, adapter=name)
         gen = torch.Generator().manual_seed(i)
         with torch.no_grad():  # B = 0 would make every adapter the base: give it a direction

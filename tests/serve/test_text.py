@@ -38,3 +38,24 @@ def test_a_held_back_prefix_is_released_when_it_is_not_a_stop():
 def test_earliest_of_several_stops_wins():
     _, hit, text = _stream("abc\n\nxyz STOP", ["STOP", "\n\n"])
     assert hit and text == "abc"
+
+
+class _Counting:
+    """The tokenizer, counting the ids it is asked to decode."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.decoded = tokenizer, 0
+
+    def decode(self, ids, **kw):
+        self.decoded += len(ids)
+        return self.tokenizer.decode(ids, **kw)
+
+
+def test_streaming_work_is_linear_in_the_text():
+    ids = _ids("lorem ipsum dolor sit amet, " * 80)  # 2,240 tokens, no stop ever matches
+    counting, state = _Counting(TOK), TextState(stop=["x" * 200, "ipsum dolor sit amet!"])
+    pieces = [
+        state.update(counting, ids[:n], final=n == len(ids))[0] for n in range(1, len(ids) + 1)
+    ]
+    assert "".join(pieces) == TOK.decode(ids)
+    assert counting.decoded < 4 * len(ids)  # re-decoding everything each step: ~len^2 / 2

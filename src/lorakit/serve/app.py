@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,14 +13,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from lorakit.errors import ConfigError
+from lorakit.errors import ConfigError, LorakitError
 from lorakit.eval.infer import adapter_task, encode_prompt, render_chat
 from lorakit.serve import errors
 from lorakit.serve.config import ServeConfig
-from lorakit.serve.engine import Event, QueueFull
+from lorakit.serve.engine import EngineBusy, Event, QueueFull
 from lorakit.serve.engine import Request as GenRequest
 from lorakit.serve.errors import ApiError
 from lorakit.serve.metrics import Metrics
+from lorakit.serve.middleware import BodyLimit, Observe
 from lorakit.serve.models import Catalog, Classifier, LanguageModel
 from lorakit.serve.schemas import (
     ChatRequest,
@@ -30,7 +30,7 @@ from lorakit.serve.schemas import (
     LoadAdapterRequest,
     UnloadAdapterRequest,
 )
-from lorakit.serve.security import BodyLimit, allowed_path, check_key
+from lorakit.serve.security import allowed_path, api_key, runtime_changes_allowed
 
 SSE = "text/event-stream"
 
@@ -42,7 +42,7 @@ class Server:
         self.config = config
         self.metrics = Metrics()
         self.catalog = Catalog()
-        self.key = os.environ.get(config.api_key_env) or None
+        self.key = api_key(config.api_key_env)
         self.roots = [Path(d).expanduser().resolve() for d in config.adapter_dirs]
         for root in self.roots:
             if not root.is_dir():
@@ -78,14 +78,15 @@ class Server:
     # -- generation ----------------------------------------------------------------------------
     def request(self, body, prompt: str) -> GenRequest:
         adapter = self.lm.adapter_of(body.model)
-        ids = encode_prompt(self.lm.tokenizer, prompt)
+        field = "messages" if isinstance(body, ChatRequest) else "prompt"
+        ids = _encode(self.lm.tokenizer, prompt, field)
         cfg = self.config
         if len(ids) > cfg.max_prompt_tokens:
             raise ApiError(
                 400,
                 f"the prompt has {len(ids)} tokens; this server takes at most {cfg.max_prompt_tokens}",
                 "context_length_exceeded",
-                "messages" if isinstance(body, ChatRequest) else "prompt",
+                field,
             )
         room = self.lm.context - len(ids)
         asked = body.max_completion_tokens or body.max_tokens
@@ -113,6 +114,7 @@ class Server:
             top_p=body.top_p,
             seed=body.seed,
             stop=body.stops(),
+            timeout=cfg.request_timeout,
         )
 
     def submit(self, req: GenRequest) -> asyncio.Queue:
@@ -152,12 +154,31 @@ def _usage(event: Event) -> dict:
     }
 
 
-async def _events(server: Server, req: GenRequest, events: asyncio.Queue) -> AsyncIterator[Event]:
+async def _events(
+    server: Server, req: GenRequest, events: asyncio.Queue, http: Request | None = None
+) -> AsyncIterator[Event]:
+    """The request's events until it finishes. Ends it (its row is freed at the next step)
+    when the client goes away (`http`: watched when not streaming; a stream's disconnect
+    closes this generator) or when the engine has not finished it within its deadline."""
+    deadline = time.monotonic() + server.config.request_timeout + 5.0  # the engine's own first
     try:
         while True:
-            event: Event = await events.get()
+            try:
+                event: Event = await asyncio.wait_for(events.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if http is not None and await http.is_disconnected():
+                    return
+                if time.monotonic() > deadline:
+                    raise ApiError(
+                        408,
+                        f"the request took longer than the server's --request-timeout of "
+                        f"{server.config.request_timeout:g} s",
+                        "request_timeout",
+                    ) from None
+                continue
             if event.finish_reason == "error":
-                raise ApiError(503, event.error or "generation failed", "engine_error")
+                server.finished(event)
+                raise ApiError(event.status, event.error or "generation failed", event.code)
             yield event
             if event.finish_reason:
                 server.finished(event)
@@ -169,30 +190,18 @@ async def _events(server: Server, req: GenRequest, events: asyncio.Queue) -> Asy
 def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="lorakit", docs_url=None, redoc_url=None)
     errors.install(app)
-    app.add_middleware(BodyLimit, limit=server.config.max_body_bytes)
     metrics = server.metrics
-
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):
-        start = time.perf_counter()
-        endpoint = request.url.path
-        if endpoint.startswith("/v1/"):
-            try:
-                check_key(server.key, request.headers.get("authorization"))
-            except ApiError as exc:
-                response = errors.error_response(exc.status, exc.message, exc.code)
-                metrics.requests.labels(endpoint, str(exc.status)).inc()
-                return response
-        response = await call_next(request)
-        known = endpoint if endpoint in routes else "other"
-        metrics.requests.labels(known, str(response.status_code)).inc()
-        metrics.latency.labels(known).observe(time.perf_counter() - start)
-        return response
+    routes: set[str] = set()
+    # the last added runs first: the key is checked before any body is read
+    app.add_middleware(BodyLimit, limit=server.config.max_body_bytes)
+    app.add_middleware(Observe, key=server.key, metrics=metrics, routes=lambda: routes)
 
     @app.get("/health")
     async def health():
         waiting, running = server.lm.engine.load()
-        return {"status": "ok", "waiting": waiting, "running": running}
+        alive, why = server.lm.engine.health(server.config.stall_timeout)
+        body = {"status": "ok" if alive else "unavailable", "waiting": waiting, "running": running}
+        return JSONResponse(body if alive else {**body, "reason": why}, 200 if alive else 503)
 
     @app.get("/metrics")
     async def prometheus():
@@ -213,7 +222,7 @@ def create_app(server: Server) -> FastAPI:
                 "object": "model",
                 "created": e.created,
                 "owned_by": "lorakit",
-                "root": e.path or e.id,
+                "root": e.id,  # never a server path
                 "parent": e.parent,
                 "task": "classification" if e.kind == "classifier" else "generation",
             }
@@ -222,12 +231,12 @@ def create_app(server: Server) -> FastAPI:
         return {"object": "list", "data": data}
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, http: Request):
         req = server.request(body, body.prompt)
-        return await _respond(server, body, req, chat=False)
+        return await _respond(server, body, req, http, chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest):
+    async def chat(body: ChatRequest, http: Request):
         messages = [{"role": _role(m.role), "content": _text(m)} for m in body.messages]
         try:
             prompt = render_chat(server.lm.tokenizer, messages)
@@ -238,7 +247,7 @@ def create_app(server: Server) -> FastAPI:
                 400, f"the chat template rejected these messages: {exc}", "bad_messages"
             ) from None
         req = server.request(body, prompt)
-        return await _respond(server, body, req, chat=True)
+        return await _respond(server, body, req, http, chat=True)
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest):
@@ -251,6 +260,8 @@ def create_app(server: Server) -> FastAPI:
                 "too_many_inputs",
                 "input",
             )
+        for i, text in enumerate(body.input):
+            _check_unicode(text, f"input[{i}]")
         results = await run_in_threadpool(server.classifier.classify, body.model, body.input)
         return {
             "object": "list",
@@ -261,24 +272,34 @@ def create_app(server: Server) -> FastAPI:
     @app.post("/v1/load_lora_adapter")
     async def load_lora_adapter(body: LoadAdapterRequest):
         path = allowed_path(body.lora_path, server.roots)
-        target = _target(server, path)
-        await run_in_threadpool(target.add_adapter, body.lora_name, path)
+        try:
+            target = _target(server, path)
+            await run_in_threadpool(target.add_adapter, body.lora_name, path, True)
+        except EngineBusy as exc:
+            raise ApiError(429, str(exc), "engine_busy") from None
+        except LorakitError as exc:  # the client's path in the message, not the server's
+            message = str(exc).replace(str(path), body.lora_path)
+            raise ApiError(400, message, "invalid_adapter", "lora_path") from None
         server._count_adapters()
         return {"status": "ok", "message": f"adapter {body.lora_name!r} loaded"}
 
     @app.post("/v1/unload_lora_adapter")
     async def unload_lora_adapter(body: UnloadAdapterRequest):
+        runtime_changes_allowed(server.roots)
         entry = server.catalog.get(body.lora_name)
         if entry.parent is None:
             raise ApiError(
                 400, f"{body.lora_name!r} is a base model, not an adapter", "not_an_adapter"
             )
         target = server.lm if entry.kind == "lm" else server.classifier
-        await run_in_threadpool(target.remove_adapter, body.lora_name)
+        try:
+            await run_in_threadpool(target.remove_adapter, body.lora_name)
+        except EngineBusy as exc:
+            raise ApiError(429, str(exc), "engine_busy") from None
         server._count_adapters()
         return {"status": "ok", "message": f"adapter {body.lora_name!r} unloaded"}
 
-    routes = {r.path for r in app.routes}  # metrics label unknown paths "other"
+    routes.update(r.path for r in app.routes)  # metrics label unknown paths "other"
     return app
 
 
@@ -288,13 +309,36 @@ def _role(role: str) -> str:
 
 def _text(message) -> str:
     try:
-        return message.text()
+        text = message.text()
     except ValueError as exc:
         raise ApiError(400, str(exc), "unsupported_content", "messages") from None
+    return _check_unicode(text, "messages")
+
+
+def _check_unicode(text: str, field: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in JSON): no tokenizer takes it
+        raise ApiError(400, f"{field} is not valid Unicode text", "invalid_text", field) from None
+    return text
+
+
+def _encode(tokenizer, prompt: str, field: str) -> list[int]:
+    """The prompt's ids, checked: text every tokenizer takes, and at least one token."""
+    _check_unicode(prompt, field)
+    try:
+        ids = encode_prompt(tokenizer, prompt)
+    except Exception as exc:  # tokenizers raise their own types on input they refuse
+        raise ApiError(400, f"{field} cannot be tokenized ({exc})", "invalid_text", field) from None
+    if not ids and tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id]  # an empty prompt means "start of text"
+    if not ids:
+        raise ApiError(400, f"{field} is empty", "empty_prompt", field)
+    return ids
 
 
 def _target(server: Server, path: Path):
-    task, _ = adapter_task(path)
+    task, _ = adapter_task(path, confine=True)
     if task == "classification":
         if server.classifier is None:
             raise ApiError(
@@ -304,7 +348,7 @@ def _target(server: Server, path: Path):
     return server.lm
 
 
-async def _respond(server: Server, body, req: GenRequest, chat: bool):
+async def _respond(server: Server, body, req: GenRequest, http: Request, chat: bool):
     events = server.submit(req)
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
@@ -315,7 +359,7 @@ async def _respond(server: Server, body, req: GenRequest, chat: bool):
             media_type=SSE,
         )
     text, last = [], Event()
-    async for event in _events(server, req, events):
+    async for event in _events(server, req, events, http):
         text.append(event.text)
         last = event
     finish = "stop" if last.finish_reason in ("stop", "cancelled") else last.finish_reason

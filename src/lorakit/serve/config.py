@@ -33,8 +33,19 @@ class ServeConfig(StrictConfig):
     max_prompt_tokens: int = Field(4096, ge=1, description="Longest prompt in tokens.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body.")
     max_classify_inputs: int = Field(256, ge=1, description="Texts per /v1/classify call.")
+    request_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds a generation request may take in all, queue included (then 408).",
+    )
+    stall_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="/health answers 503 when the engine has work and has made no step for this long.",
+    )
     api_key_env: str = Field(
-        "LORAKIT_API_KEY", description="Environment variable holding the API key (unset: open)."
+        "LORAKIT_API_KEY",
+        description="Environment variable holding the API key (unset: open; set but empty: refused).",
     )
     page: str | None = Field(None, description="An HTML file served at / (e.g. a chat page).")
     device: str = Field("auto", description="auto, cpu or cuda.")

@@ -1,7 +1,13 @@
 """What a server holds: the base LM with its adapters (behind the engine), and optionally a
-classification model with its adapters. Adapter changes are validated before the model
-is touched (`load_adapter` checks every tensor first), so a broken adapter is refused and
-the server keeps serving."""
+classification model with its adapters.
+
+Adapter changes are transactions. Loading reads and validates the files on the caller's
+thread (`read_adapter`: config types, regexes, finite tensors), checks that the adapter
+changes nothing other tenants share, and only the final attach (shape checks, injection,
+copy — all-or-nothing) runs on the engine thread between steps. A name is reserved while
+its load runs and appears in the catalog only once the load is complete. An unload is
+decided on the engine thread, where every admitted request is counted.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lorakit.adapters import load_adapter
+from lorakit.adapters import attach_adapter, read_adapter
 from lorakit.errors import AdapterNotFoundError, ConfigError
 from lorakit.eval.infer import adapter_task, classify
 from lorakit.lora import adapter_per_row, delete_adapter
@@ -20,6 +26,8 @@ from lorakit.models.load import load_model
 from lorakit.serve.engine import Engine
 from lorakit.serve.errors import ApiError
 from lorakit.train.setup import resolve_device
+
+CHANGE_TIMEOUT_S = 60.0  # how long a load/unload waits for the engine to take it
 
 
 @dataclass
@@ -37,11 +45,25 @@ def base_id(model: str) -> str:
 
 
 class Catalog:
-    """Names the API knows: the bases and every adapter, each unique."""
+    """Names the API knows: the bases and every adapter, each unique. A name being loaded
+    is reserved (a second load of it is refused) but not listed until it is usable."""
 
     def __init__(self):
         self.entries: dict[str, Entry] = {}
+        self.pending: set[str] = set()
         self.lock = threading.Lock()
+
+    def reserve(self, name: str) -> None:
+        with self.lock:
+            if name in self.entries or name in self.pending:
+                raise ApiError(
+                    409, f"a model named {name!r} is already loaded", "name_taken", "lora_name"
+                )
+            self.pending.add(name)
+
+    def release(self, name: str) -> None:
+        with self.lock:
+            self.pending.discard(name)
 
     def add(self, entry: Entry) -> None:
         with self.lock:
@@ -67,11 +89,24 @@ class Catalog:
             self.entries.pop(name, None)
 
 
-def _check_task(path: str | Path, want: str) -> list[str] | None:
-    task, labels = adapter_task(path)
+def _check_task(path: str | Path, want: str, confine: bool) -> list[str] | None:
+    task, labels = adapter_task(path, confine=confine)
     if task is not None and task != want:
         raise ConfigError(f"{path} is a {task} adapter, not a {want} one")
     return labels
+
+
+def _read_servable(path: str | Path, confine: bool):
+    """Read and validate an adapter for a shared base (off the engine thread)."""
+    read = read_adapter(path, confine=confine)
+    if read.bias != "none":
+        # such an adapter trains the base layers' own biases: attaching it would change
+        # the base for every tenant, and unloading it could not give them back
+        raise ConfigError(
+            f"{path}: the adapter trains the base model's biases (bias={read.bias!r}), which every "
+            "tenant of this server shares — serve it merged (`lorakit merge`) as a base of its own"
+        )
+    return read
 
 
 class LanguageModel:
@@ -93,25 +128,31 @@ class LanguageModel:
         )
         self.engine = Engine(self.model, self.tokenizer, **engine_args)
 
-    def add_adapter(self, name: str, path: str | Path) -> None:
-        _check_task(path, "causal-lm")
-        self.catalog.add(Entry(name, "lm", self.id, str(path)))
+    def add_adapter(self, name: str, path: str | Path, confine: bool = False) -> None:
+        self.catalog.reserve(name)
         try:
-            self.engine.call(lambda: load_adapter(self.model, path, adapter=name))
-        except BaseException:
-            self.catalog.remove(name)
-            raise
+            _check_task(path, "causal-lm", confine)
+            read = _read_servable(path, confine)
+            self.engine.call(
+                lambda: attach_adapter(self.model, read, adapter=name), CHANGE_TIMEOUT_S
+            )
+            self.catalog.add(Entry(name, "lm", self.id, str(path)))
+        finally:
+            self.catalog.release(name)
 
     def remove_adapter(self, name: str) -> None:
-        using = self.engine.in_use(name)
-        if using:
-            raise ApiError(
-                409,
-                f"adapter {name!r} is in use by {using} request(s) — retry when they finish",
-                "adapter_in_use",
-            )
-        self.catalog.remove(name)
-        self.engine.call(lambda: delete_adapter(self.model, name))
+        def unload() -> None:  # on the engine thread: every admitted request is counted
+            using = self.engine.uses(name)
+            if using:
+                raise ApiError(
+                    409,
+                    f"adapter {name!r} is in use by {using} request(s) — retry when they finish",
+                    "adapter_in_use",
+                )
+            self.catalog.remove(name)
+            delete_adapter(self.model, name)
+
+        self.engine.call(unload, CHANGE_TIMEOUT_S)
 
     def adapter_of(self, model: str) -> str | None:
         entry = self.catalog.get(model, "lm")
@@ -121,7 +162,7 @@ class LanguageModel:
 class Classifier:
     def __init__(self, name: str, device: str, catalog: Catalog, adapters: dict[str, str]):
         first = next(iter(adapters.values()), None)
-        labels = _check_task(first, "classification") if first else None
+        labels = _check_task(first, "classification", False) if first else None
         self.model, self.tokenizer = load_model(name, "classification", label_names=labels)
         self.model.to(resolve_device(device)).eval()
         self.id, self.catalog = base_id(name), catalog
@@ -132,20 +173,21 @@ class Classifier:
         for adapter, path in adapters.items():
             self.add_adapter(adapter, path)
 
-    def add_adapter(self, name: str, path: str | Path) -> None:
-        labels = _check_task(path, "classification") or self.labels
-        if len(labels) != len(self.labels):
-            raise ConfigError(
-                f"{path} has {len(labels)} labels but this classifier has {len(self.labels)} — "
-                "serve it with a classifier of the same label count"
-            )
-        self.catalog.add(Entry(name, "classifier", self.id, str(path), list(labels)))
+    def add_adapter(self, name: str, path: str | Path, confine: bool = False) -> None:
+        self.catalog.reserve(name)
         try:
+            labels = _check_task(path, "classification", confine) or self.labels
+            if len(labels) != len(self.labels):
+                raise ConfigError(
+                    f"{path} has {len(labels)} labels but this classifier has {len(self.labels)} — "
+                    "serve it with a classifier of the same label count"
+                )
+            read = _read_servable(path, confine)
             with self.lock:
-                load_adapter(self.model, path, adapter=name)
-        except BaseException:
-            self.catalog.remove(name)
-            raise
+                attach_adapter(self.model, read, adapter=name)
+            self.catalog.add(Entry(name, "classifier", self.id, str(path), list(labels)))
+        finally:
+            self.catalog.release(name)
 
     def remove_adapter(self, name: str) -> None:
         with self.lock:
@@ -154,10 +196,10 @@ class Classifier:
 
     @torch.no_grad()
     def classify(self, model: str, texts: list[str], batch: int = 32) -> list[dict]:
-        entry = self.catalog.get(model, "classifier")
-        adapter = None if entry.parent is None else entry.id
         results = []
-        with self.lock:
+        with self.lock:  # looked up under the lock: an unload cannot come in between
+            entry = self.catalog.get(model, "classifier")
+            adapter = None if entry.parent is None else entry.id
             for start in range(0, len(texts), batch):
                 chunk = texts[start : start + batch]
                 with adapter_per_row(self.model, [adapter] * len(chunk)):

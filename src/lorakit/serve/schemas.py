@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+MAX_STOPS, MAX_STOP_CHARS = 4, 256  # OpenAI's count; the length bounds the hold-back search
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -23,7 +25,8 @@ class _Sampling(_Body):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # torch's generators take a 64-bit seed (signed or unsigned)
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     n: int = Field(1, ge=1, le=1, description="Only n=1 is supported.")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -51,8 +54,10 @@ class _Sampling(_Body):
     @classmethod
     def _stops(cls, stop):
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop takes at most 4 non-empty strings")
+        if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(
+                f"stop takes at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} characters"
+            )
         return stops
 
     @field_validator("logprobs")
@@ -121,8 +126,8 @@ class ClassifyRequest(_Body):
 
 class LoadAdapterRequest(_Body):
     lora_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    lora_path: str
+    lora_path: str = Field(max_length=4096)
 
 
 class UnloadAdapterRequest(_Body):
-    lora_name: str
+    lora_name: str = Field(max_length=256)

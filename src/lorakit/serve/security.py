@@ -1,12 +1,42 @@
-"""API key check, request body limit, and the adapter-path allowlist."""
+"""The API key and the adapter-path allowlist."""
 
 from __future__ import annotations
 
 import hmac
-import json
+import os
 from pathlib import Path
 
-from lorakit.serve.errors import ApiError, error_body
+from lorakit.errors import ConfigError
+from lorakit.serve.errors import ApiError
+
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
+
+
+def api_key(variable: str) -> str | None:
+    """The key in `variable`; None when it is unset. Set but blank is refused: an empty key
+    would otherwise switch authentication off without a word."""
+    value = os.environ.get(variable)
+    if value is None:
+        return None
+    if not value.strip():
+        raise ConfigError(
+            f"{variable} is set but empty — set it to a key, or unset it to serve without one"
+        )
+    return value.strip()
+
+
+def _bad_path(path: str) -> str | None:
+    if not path:
+        return "is empty"
+    if len(path) > MAX_PATH_CHARS:
+        return f"is longer than {MAX_PATH_CHARS} characters"
+    if "\x00" in path:
+        return "contains a NUL character"
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode"
+    return None
 
 
 def check_key(expected: str | None, authorization: str | None) -> None:
@@ -22,19 +52,33 @@ def check_key(expected: str | None, authorization: str | None) -> None:
         )
 
 
-def allowed_path(path: str, roots: list[Path]) -> Path:
-    """The adapter directory `path` resolved, if it lies inside one of `roots` (symlinks and
-    '..' resolved first, so neither can leave them)."""
+def runtime_changes_allowed(roots: list[Path]) -> None:
+    """Loading and unloading at runtime are both off unless the server has --adapter-dir."""
     if not roots:
         raise ApiError(
             403,
-            "runtime adapter loading is off — start the server with --adapter-dir DIR",
+            "runtime adapter loading and unloading are off — start the server with --adapter-dir DIR",
             "adapter_loading_disabled",
         )
-    resolved = Path(path).expanduser().resolve()
+
+
+def allowed_path(path: str, roots: list[Path]) -> Path:
+    """The adapter directory `path` resolved, if it lies inside one of `roots` (symlinks and
+    '..' resolved first, so neither can leave them). The files inside are confined to it
+    when they are read (read_adapter(confine=True))."""
+    runtime_changes_allowed(roots)
+    bad = _bad_path(path)
+    if bad:
+        raise ApiError(400, f"lora_path {bad}", "invalid_path", "lora_path")
+    try:
+        resolved = Path(path).resolve()  # no "~": the server's home is not the client's
+    except (OSError, RuntimeError, ValueError) as exc:  # a loop of links, a too-long name
+        raise ApiError(
+            400, f"lora_path cannot be resolved ({type(exc).__name__})", "invalid_path", "lora_path"
+        ) from None
     for root in roots:
         if resolved == root or root in resolved.parents:
-            if not resolved.is_dir():
+            if not _is_dir(resolved):
                 raise ApiError(
                     400, f"{path} is not an adapter directory", "adapter_not_found", "lora_path"
                 )
@@ -47,53 +91,8 @@ def allowed_path(path: str, roots: list[Path]) -> Path:
     )
 
 
-class BodyLimit:
-    """ASGI middleware: 413 for bodies over `limit` bytes, counted as they arrive (so a
-    missing or false Content-Length does not help)."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _reject(send, self.limit)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _reject(send, self.limit)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _reject(send, limit: int) -> None:
-    body = json.dumps(
-        error_body(413, f"request body over {limit} bytes", "body_too_large")
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False

@@ -103,8 +103,8 @@ def child(
     eval_samples: int | None = None,
 ) -> None:
     """One training run in this process; its measurements go to `out` as JSON."""
+    import lorakit.train.entry as run_module
     import lorakit.train.loop as loop
-    import lorakit.train.run as run_module
     from lorakit.config import TrainConfig
     from lorakit.demo import INSTRUCT, QUICK
     from lorakit.models.quantize import tensor_bytes

@@ -112,7 +112,7 @@ def peft_way(adapters: list[Path], n_requests: int, max_tokens: int) -> dict:
     """One adapter at a time: each adapter's requests as one left-padded generate() batch."""
     from peft import PeftModel
 
-    from lorakit.eval.infer import render_chat
+    from lorakit.infer.chat import render_chat
     from lorakit.models.load import load_model
 
     base, tok = load_model("smollm2-135m", "causal-lm")

@@ -91,7 +91,7 @@ def run_variant(args) -> dict:
             return m(input_ids=ids, labels=ids).loss
     else:
         import lorakit
-        from lorakit.train.loss import causal_lm_loss
+        from lorakit.eval.loss import causal_lm_loss
 
         lorakit.inject(model, lorakit.LoraConfig(r=R, alpha=ALPHA, target_modules=TARGETS))
 

@@ -65,11 +65,9 @@ def run_peft(cfg, padding: str) -> dict:
         TrainingArguments,
     )
 
+    from lorakit.data.prepare import prepare
+    from lorakit.eval.splits import split_metrics
     from lorakit.models.load import load_model, load_tokenizer, model_dir, resolve_model
-    from lorakit.train.checkpoint import TrainState
-    from lorakit.train.loop import Run
-    from lorakit.train.prepare import prepare
-    from lorakit.train.run import test_metrics
 
     # lorakit's own preparation: the identical tokenized examples and seeded model
     tokenizer = load_tokenizer(model_dir(resolve_model(cfg.model)), cfg.task)
@@ -118,12 +116,11 @@ def run_peft(cfg, padding: str) -> dict:
     out = trainer.train()
     seconds = time.perf_counter() - t0
     merged = model.merge_and_unload().eval()
-    scored = Run(cfg, None, merged, tokenizer, data, TrainState(), torch.device("cpu"))
     return {
         "seconds": seconds,
         "samples": out.global_step * cfg.batch_size,
         "steps": out.global_step,
-        "test": test_metrics(scored, "test"),
+        "test": split_metrics(merged, tokenizer, data, cfg.task, "test"),
     }
 
 

@@ -135,6 +135,11 @@ def write_text(path: str | Path, text: str) -> None:
     write_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def write_json(path: str | Path, data: dict) -> None:
+    """`data` as indented JSON (values JSON cannot hold written as their str)."""
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
 class _Recording:
     """A file wrapper that keeps the OSError a writer replaces by its own (torch.save)."""
 

@@ -1,7 +1,8 @@
 """The `lorakit` command. Each command is a few lines calling one library function.
 
 Errors a user can cause (LorakitError) print one line `error: ...` and exit 2;
-`--debug` shows the traceback instead.
+`--debug` shows the traceback instead. The options of train, compare, rank-probe and serve
+are generated from their config's fields (cli_options), so a field is declared once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from pathlib import Path
 
 import typer
 
-from lorakit.errors import ConfigError, LorakitError
+from lorakit.cli_options import config_command
+from lorakit.compare.config import CompareConfig, RankProbeConfig, resolve
+from lorakit.config import TrainConfig
+from lorakit.errors import LorakitError
+from lorakit.serve.config import ServeConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -31,83 +36,11 @@ def _root(debug: bool = Opt(False, "--debug", help="Show tracebacks on errors.")
 
 
 @app.command()
-def train(
-    config_file: Path | None = typer.Argument(
-        None, help="YAML file of TrainConfig fields; flags override it."
-    ),
-    model: str | None = Opt(
-        None, help="minilm, smollm2-135m, an HF directory, a .gguf file or a cached hub id."
-    ),
-    task: str | None = Opt(None, help="classification or causal-lm."),
-    data: str | None = Opt(
-        None, help="tweets, or a CSV / JSON / JSONL / Parquet file or directory."
-    ),
-    output: str | None = Opt(None, help="Run directory."),
-    method: str | None = Opt(None, help="lora, dora, full or head."),
-    quantize: str | None = Opt(
-        None, help="none, int8 or nf4: quantize the frozen base (lora/dora; QLoRA's idea)."
-    ),
-    r: int | None = Opt(None, help="LoRA rank."),
-    alpha: float | None = Opt(None, help="LoRA alpha."),
-    dropout: float | None = Opt(None, help="LoRA dropout."),
-    model_dropout: float | None = Opt(None, help="Set the model's own dropout layers to this p."),
-    targets: str | None = Opt(
-        None, help="all-linear, comma-separated names (q_proj,v_proj) or a regex."
-    ),
-    lr: float | None = Opt(None, help="Peak learning rate."),
-    epochs: float | None = Opt(None, help="Passes over the training data."),
-    max_steps: int | None = Opt(None, help="Optimizer steps (overrides epochs)."),
-    batch_size: int | None = Opt(
-        None, help="Examples per micro-batch (under torchrun: in all processes together)."
-    ),
-    grad_accum: int | None = Opt(None, help="Micro-batches per optimizer step."),
-    max_length: int | None = Opt(None, help="Tokens per example."),
-    seed: int | None = Opt(None, help="Random seed."),
-    lora_plus_ratio: float | None = Opt(None, help="LoRA+: B learns this many times faster."),
-    text_column: str | None = Opt(None, help="Classification text column."),
-    label_column: str | None = Opt(None, help="Classification label column."),
-    max_train_samples: int | None = Opt(None, help="Use at most this many training examples."),
-    max_eval_samples: int | None = Opt(None, help="Evaluate on at most this many examples."),
-    packing: bool | None = Opt(None, "--packing/--no-packing", help="Causal LM: pack documents."),
-    eval_every: int | None = Opt(None, help="Validate every N steps."),
-    save_every: int | None = Opt(None, help="Checkpoint every N steps."),
-    device: str | None = Opt(None, help="auto, cpu or cuda."),
-    distributed: str | None = Opt(
-        None, help="Under torchrun: ddp (replicas, default) or fsdp (sharded)."
-    ),
-    activation_checkpointing: bool | None = Opt(
-        None,
-        "--activation-checkpointing/--no-activation-checkpointing",
-        help="Recompute layer activations in backward: less memory, ~1/3 more compute.",
-    ),
-    release_memory: bool | None = Opt(
-        None,
-        "--release-memory/--keep-memory",
-        help="CPU: return freed memory to the system (default with --quantize or "
-        "--activation-checkpointing): lower peak, some step time.",
-    ),
-    resume: bool = Opt(
-        False, "--resume", help="Continue the run in --output from its last checkpoint."
-    ),
-    overwrite: bool = Opt(
-        False,
-        "--overwrite",
-        help="Replace an existing --output that is a lorakit run (never other files, the data "
-        "or the model).",
-    ),
-    print_config: bool = Opt(False, "--print-config", help="Print the resolved config and exit."),
-) -> None:
+@config_command(TrainConfig)
+def train(config: TrainConfig) -> None:
     """Fine-tune a model (LoRA by default) and write adapter, metrics, log and plots."""
-    flags = {k: v for k, v in locals().items() if k not in ("config_file", "print_config")}
     from lorakit.train import train as run_train
-    from lorakit.yaml_config import resolve_train_config
 
-    config = resolve_train_config(config_file, flags)
-    if print_config:
-        import yaml
-
-        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
-        return
     metrics = run_train(config, progress=True)
     from lorakit.train.distributed import is_main
 
@@ -117,16 +50,13 @@ def train(
 
 def _print_summary(metrics: dict, output: str) -> None:
     test = metrics["test"]
-    shown = {
-        k: test[k]
-        for k in ("accuracy", "macro_f1", "perplexity", "exact_match", "rouge_l")
-        if k in test
-    }
+    keys = [
+        k for k in ("accuracy", "macro_f1", "perplexity", "exact_match", "rouge_l") if k in test
+    ]
     print(
         f"done: {metrics['steps']} steps in {metrics['train_seconds']:.1f}s "
         f"({metrics['train_samples_per_s']:.1f} samples/s, {metrics['train_tokens_per_s']:.0f} tokens/s); "
-        + ", ".join(f"test {k} {v:.4f}" for k, v in shown.items())
-        + f" → {output}"
+        f"{', '.join(f'test {k} {test[k]:.4f}' for k in keys)} → {output}"
     )
 
 
@@ -166,8 +96,8 @@ def classify(
     adapter: str | None = Opt(None, help="Classification adapter directory."),
 ) -> None:
     """Classify texts; prints one JSON line per text."""
-    from lorakit.eval.infer import classify as run_classify
-    from lorakit.eval.infer import load_for_inference
+    from lorakit.infer.classify import classify as run_classify
+    from lorakit.infer.load import load_for_inference
 
     loaded, tokenizer, _, labels = load_for_inference(model, adapter, "classification")
     for text, result in zip(texts, run_classify(loaded, tokenizer, texts, labels), strict=True):
@@ -188,14 +118,13 @@ def generate(
     ),
 ) -> None:
     """Generate text, streamed to the terminal as it is produced."""
-    from lorakit.eval.infer import load_for_inference, render_chat, stream
+    from lorakit.infer.chat import render_chat
+    from lorakit.infer.generate import stream
+    from lorakit.infer.load import load_for_inference
 
     loaded, tokenizer, _, _ = load_for_inference(model, adapter, "causal-lm")
-    text = (
-        render_chat(tokenizer, [{"role": "user", "content": prompt}])
-        if chat_template and tokenizer.chat_template
-        else prompt
-    )
+    turn = [{"role": "user", "content": prompt}]
+    text = render_chat(tokenizer, turn) if chat_template and tokenizer.chat_template else prompt
     for piece in stream(loaded, tokenizer, text, max_tokens, temperature, top_p, seed):
         print(piece, end="", flush=True)
     print()
@@ -209,7 +138,8 @@ def chat(
     max_tokens: int = Opt(256, help="New tokens per reply at most."),
 ) -> None:
     """Chat interactively (the model's chat template; replies stream). /exit to leave."""
-    from lorakit.eval.infer import chat_loop, load_for_inference
+    from lorakit.infer.chat import chat_loop
+    from lorakit.infer.load import load_for_inference
 
     loaded, tokenizer, _, _ = load_for_inference(model, adapter, "causal-lm")
 
@@ -241,7 +171,7 @@ def merge(
     ),
 ) -> None:
     """Merge an adapter into its base: a plain transformers directory, no lorakit needed."""
-    from lorakit.eval.infer import merge_to_directory
+    from lorakit.infer.merge import merge_to_directory
 
     written = merge_to_directory(model, adapter, output, overwrite, dequantize=dequantize)
     print(f"merged model written to {written}")
@@ -258,186 +188,36 @@ def inspect(
 
 
 @app.command()
-def compare(
-    config_file: Path | None = typer.Argument(
-        None, help="YAML file of CompareConfig fields; flags override it."
-    ),
-    model: str | None = Opt(None, help="Model every run starts from."),
-    task: str | None = Opt(None, help="classification or causal-lm."),
-    data: str | None = Opt(None, help="tweets, or a data file/directory."),
-    output: str | None = Opt(None, help="Sweep directory (re-run the command to resume it)."),
-    ranks: str | None = Opt(None, help="LoRA ranks, comma-separated (default 1,2,4,8,16,32,64)."),
-    seeds: int | None = Opt(None, help="Repetitions of every run: mean ± std."),
-    seed: int | None = Opt(None, help="First seed."),
-    dora_rank: int | None = Opt(None, help="Rank of the DoRA run."),
-    full: bool | None = Opt(None, "--full/--no-full", help="Include full fine-tuning."),
-    head: bool | None = Opt(None, "--head/--no-head", help="Include a head-only run."),
-    max_steps: int | None = Opt(None, help="Optimizer steps per run."),
-    epochs: float | None = Opt(None, help="Passes over the data per run."),
-    batch_size: int | None = Opt(None, help="Examples per micro-batch."),
-    lr: float | None = Opt(None, help="Learning rate of lora/dora/head runs."),
-    full_lr: float | None = Opt(None, help="Learning rate of full fine-tuning."),
-    alpha: float | None = Opt(None, help="LoRA alpha (default 2*r)."),
-    max_train_samples: int | None = Opt(None, help="Training examples at most."),
-    max_eval_samples: int | None = Opt(None, help="Evaluation examples at most."),
-    text_column: str | None = Opt(None),
-    label_column: str | None = Opt(None),
-    max_length: int | None = Opt(None, help="Tokens per example."),
-    metric: str | None = Opt(None, help="Score the findings rank by."),
-    latency_samples: int | None = Opt(None, help="Test examples timed one at a time."),
-    isolate: bool | None = Opt(
-        None, "--isolate/--in-process", help="Train each run in its own process (default)."
-    ),
-    device: str | None = Opt(None, help="auto, cpu or cuda."),
-    overwrite: bool = Opt(
-        False, "--overwrite", help="Replace a lorakit directory of another sweep (nothing else)."
-    ),
-    print_config: bool = Opt(False, "--print-config", help="Print the resolved config and exit."),
-) -> None:
+@config_command(CompareConfig, resolve)
+def compare(config: CompareConfig) -> None:
     """LoRA at several ranks and targets vs DoRA, full fine-tuning and head-only → report.md."""
-    flags = {k: v for k, v in locals().items() if k not in ("config_file", "print_config")}
-    flags["include_full"], flags["include_head"] = flags.pop("full"), flags.pop("head")
-    from lorakit.compare import CompareConfig, run_sweep
-    from lorakit.compare.config import resolve
+    from lorakit.compare import run_sweep
 
-    config = resolve(CompareConfig, config_file, flags)
-    if print_config:
-        _print_yaml(config.model_dump(mode="json"))
-        return
     results = run_sweep(config)
     print(f"\n{results['findings']}\n→ {Path(config.output) / 'report.md'}")
 
 
 @app.command("rank-probe")
-def rank_probe(
-    config_file: Path | None = typer.Argument(
-        None, help="YAML file of RankProbeConfig fields; flags override it."
-    ),
-    model: str | None = Opt(None, help="Model to probe."),
-    task: str | None = Opt(None, help="classification or causal-lm."),
-    data: str | None = Opt(None, help="tweets, or a data file/directory."),
-    output: str | None = Opt(None, help="Output directory."),
-    rank: int | None = Opt(None, help="The probe run's (high) rank (default 64)."),
-    targets: str | None = Opt(None, help="all-linear, names (q_proj,v_proj) or a regex."),
-    energy: float | None = Opt(None, help="Share of the update's energy to keep (default 0.9)."),
-    quantile: float | None = Opt(None, help="Share of layers the one r covers (default 0.75)."),
-    pattern: bool | None = Opt(
-        None, "--pattern/--no-pattern", help="Also recommend a per-layer rank_pattern."
-    ),
-    validate_run: bool | None = Opt(
-        None, "--validate/--no-validate", help="Train and score the recommendation (default)."
-    ),
-    against: str | None = Opt(
-        None, help="A lorakit compare output dir: place the recommendation among its ranks."
-    ),
-    max_steps: int | None = Opt(None, help="Optimizer steps per run."),
-    epochs: float | None = Opt(None, help="Passes over the data per run."),
-    batch_size: int | None = Opt(None, help="Examples per micro-batch."),
-    lr: float | None = Opt(None, help="Learning rate."),
-    alpha: float | None = Opt(None, help="LoRA alpha (default 2*r)."),
-    max_train_samples: int | None = Opt(None, help="Training examples at most."),
-    max_eval_samples: int | None = Opt(None, help="Evaluation examples at most."),
-    text_column: str | None = Opt(None),
-    label_column: str | None = Opt(None),
-    max_length: int | None = Opt(None, help="Tokens per example."),
-    seed: int | None = Opt(None, help="Random seed."),
-    device: str | None = Opt(None, help="auto, cpu or cuda."),
-    overwrite: bool = Opt(
-        False, "--overwrite", help="Replace an existing output lorakit wrote (nothing else)."
-    ),
-    print_config: bool = Opt(False, "--print-config", help="Print the resolved config and exit."),
-) -> None:
+@config_command(RankProbeConfig, resolve)
+def rank_probe(config: RankProbeConfig) -> None:
     """Recommend a LoRA rank from a high-rank run's singular values, then validate it."""
-    flags = {k: v for k, v in locals().items() if k not in ("config_file", "print_config")}
-    from lorakit.compare import RankProbeConfig
     from lorakit.compare import rank_probe as run_probe
-    from lorakit.compare.config import resolve
 
-    config = resolve(RankProbeConfig, config_file, flags)
-    if print_config:
-        _print_yaml(config.model_dump(mode="json"))
-        return
-    result = run_probe(config)
-    rec = result["recommendation"]
+    rec, out = run_probe(config)["recommendation"], Path(config.output)
+    layers = len(rec["rank_pattern"] or ())
     print(
-        f"\nrecommended r={rec['r']}"
-        + (
-            f" with a rank_pattern for {len(rec['rank_pattern'])} layers"
-            if rec["rank_pattern"]
-            else ""
-        )
-        + f" → {Path(config.output) / 'recommendation.yaml'} (lorakit train that file); "
-        f"report: {Path(config.output) / 'report.md'}"
+        f"\nrecommended r={rec['r']}{f' with a rank_pattern for {layers} layers' if layers else ''}"
+        f" → {out / 'recommendation.yaml'} (lorakit train that file); report: {out / 'report.md'}"
     )
 
 
 @app.command()
-def serve(
-    config_file: Path | None = typer.Argument(
-        None, help="YAML file of ServeConfig fields; flags override it."
-    ),
-    model: str | None = Opt(None, help="The causal LM (default smollm2-135m)."),
-    adapter: list[str] | None = Opt(None, help="NAME=DIR, a generation adapter (repeatable)."),
-    classifier: str | None = Opt(None, help="A classification model for /v1/classify."),
-    classifier_adapter: list[str] | None = Opt(
-        None, help="NAME=DIR, a classification adapter (repeatable)."
-    ),
-    host: str | None = Opt(None, help="Interface (default 127.0.0.1)."),
-    port: int | None = Opt(None, help="Port (default 8000; 0 = any free port)."),
-    adapter_dir: list[str] | None = Opt(
-        None, help="Directory runtime-loaded adapters may come from (repeatable)."
-    ),
-    max_batch_size: int | None = Opt(None, help="Sequences decoded together (default 32)."),
-    max_queue: int | None = Opt(None, help="Waiting requests before 429 (default 256)."),
-    max_tokens_cap: int | None = Opt(None, help="Largest max_tokens allowed (default 1024)."),
-    max_prompt_tokens: int | None = Opt(None, help="Longest prompt in tokens (default 4096)."),
-    max_body_bytes: int | None = Opt(None, help="Largest request body (default 1 MB)."),
-    request_timeout: float | None = Opt(
-        None, help="Seconds a generation may take, queue included; then 408 (default 600)."
-    ),
-    stall_timeout: float | None = Opt(
-        None, help="/health says 503 after this many seconds without progress (default 120)."
-    ),
-    api_key_env: str | None = Opt(
-        None, help="Env variable holding the API key (default LORAKIT_API_KEY)."
-    ),
-    served_model_name: str | None = Opt(None, help="The base model's id in the API."),
-    page: str | None = Opt(None, help="An HTML file to serve at /."),
-    device: str | None = Opt(None, help="auto, cpu or cuda."),
-    print_config: bool = Opt(False, "--print-config", help="Print the resolved config and exit."),
-) -> None:
+@config_command(ServeConfig)
+def serve(config: ServeConfig) -> None:
     """An OpenAI-compatible server: one base model, many adapters, batched together."""
-    flags = {k: v for k, v in locals().items() if k not in ("config_file", "print_config")}
-    from lorakit.serve.config import ServeConfig
-    from lorakit.serve.run import serve as run_server
-    from lorakit.yaml_config import resolve_config
+    from lorakit.serve.launch import serve as run_server
 
-    flags["adapters"] = _pairs(flags.pop("adapter"), "--adapter")
-    flags["classifier_adapters"] = _pairs(flags.pop("classifier_adapter"), "--classifier-adapter")
-    flags["adapter_dirs"] = flags.pop("adapter_dir") or None
-    config = resolve_config(ServeConfig, config_file, flags)
-    if print_config:
-        _print_yaml(config.model_dump(mode="json"))
-        return
     run_server(config)
-
-
-def _pairs(values: list[str] | None, flag: str) -> dict[str, str] | None:
-    if not values:
-        return None
-    pairs = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise ConfigError(f"{flag} takes NAME=DIR, got {value!r}")
-        pairs[name] = path
-    return pairs
-
-
-def _print_yaml(values: dict) -> None:
-    import yaml
-
-    print(yaml.safe_dump(values, sort_keys=False), end="")
 
 
 @app.command()
@@ -467,8 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         return 130
-    except Exception as exc:  # click's usage errors carry their own exit code
+    except Exception as exc:  # click's exits carry their own exit code
         code = getattr(exc, "exit_code", None)
+        if _usage_error(exc):  # unknown flag, bad choice...: one line too
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx else "lorakit"
+            print(f"error: {exc.format_message()} — see `{where} --help`", file=sys.stderr)
+            return code
         if code is None:
             from lorakit.atomic import as_write_error
 
@@ -483,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
             show()
         return code
     return 0
+
+
+def _usage_error(exc: Exception) -> bool:
+    # typer ships its own copy of click, so match the class by name, not by identity
+    return any(c.__name__ == "UsageError" for c in type(exc).__mro__)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Literal
 
@@ -119,10 +118,6 @@ class LoraConfig(StrictConfig):
     def alpha_for(self, module_name: str) -> float:
         return float(_pattern_value(self.alpha_pattern, module_name, self.alpha))
 
-    def scaling_for(self, module_name: str) -> float:
-        r, alpha = self.rank_for(module_name), self.alpha_for(module_name)
-        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
-
 
 def _pattern_value(pattern: dict | None, module_name: str, default):
     # peft's rule: the first key that matches the end of the name at a dot boundary wins.
@@ -203,7 +198,9 @@ class TrainConfig(StrictConfig):
         description="Set every dropout layer of the model to this p (None: as configured).",
     )
     targets: list[str] | str = Field(
-        "all-linear", description="LoRA target_modules (names, regex or all-linear)."
+        "all-linear",
+        description="LoRA target_modules: all-linear, module names (a YAML list or "
+        "comma-separated: q_proj,v_proj) or a regex.",
     )
     use_rslora: bool = Field(False, description="Scale by alpha / sqrt(r).")
     init: Literal["gaussian", "kaiming", "pissa"] = Field("gaussian", description="LoRA init.")
@@ -221,7 +218,9 @@ class TrainConfig(StrictConfig):
     epochs: float = Field(
         1.0, gt=0, description="Passes over the training data (ignored with max_steps)."
     )
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    max_steps: int | None = Field(
+        None, gt=0, description="Stop after this many optimizer steps (overrides epochs)."
+    )
     batch_size: int = Field(
         16,
         gt=0,
@@ -240,7 +239,9 @@ class TrainConfig(StrictConfig):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm (None: off).")
     lora_plus_ratio: float | None = Field(
-        None, gt=0, description="LoRA+: B's lr = lr * ratio (e.g. 16)."
+        None,
+        gt=0,
+        description="LoRA+: B learns this many times faster (B's lr = lr * ratio, e.g. 16).",
     )
     seed: int = Field(0, description="Seeds init, data order and dropout: same seed, same run.")
     text_column: str | None = Field(None, description="Classification text column (default: text).")
@@ -267,7 +268,11 @@ class TrainConfig(StrictConfig):
     resume: bool = Field(
         False, description="Continue the run in `output` from its last checkpoint."
     )
-    overwrite: bool = Field(False, description="Replace an existing output directory.")
+    overwrite: bool = Field(
+        False,
+        description="Replace an existing output that is a lorakit run (never other files, the "
+        "data or the model).",
+    )
     device: str = Field("auto", description="auto (cuda if present), cpu or cuda.")
     distributed: Literal["ddp", "fsdp"] = Field(
         "ddp",

@@ -98,7 +98,9 @@ def run_demo(
 
 
 def chat_reply(question: str, max_new_tokens: int = 80) -> str:
-    from lorakit.eval.infer import load_for_inference, render_chat, stream
+    from lorakit.infer.chat import render_chat
+    from lorakit.infer.generate import stream
+    from lorakit.infer.load import load_for_inference
 
     model, tokenizer, _, _ = load_for_inference("smollm2-135m", None, "causal-lm")
     prompt = render_chat(tokenizer, [{"role": "user", "content": question}])

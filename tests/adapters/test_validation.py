@@ -14,9 +14,9 @@ from safetensors.torch import load_file, save_file
 import lorakit
 from lorakit.adapters import ReadAdapter, attach_adapter, confined_file, read_adapter
 from lorakit.adapters.validate import MAX_MATCH_COST, check_pattern
-from lorakit.eval.infer import adapter_task
+from lorakit.infer.load import adapter_task
 from lorakit.lora import lora_layers
-from lorakit.lora.manage import active_adapters
+from lorakit.lora.registry import active_adapters
 from tiny_models import randomize_adapters, tiny_bert_cls, tiny_llama
 
 load_module = importlib.import_module("lorakit.adapters.load")

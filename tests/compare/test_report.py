@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from lorakit.compare.report import BY_KEY, findings, markdown_table, summarize
+from lorakit.compare.columns import BY_KEY
+from lorakit.compare.report import findings, markdown_table, summarize
 
 
 def _table(report: str) -> tuple[list[str], list[list[str]]]:

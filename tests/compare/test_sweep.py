@@ -188,7 +188,7 @@ def test_train_or_reuse_trains_reuses_resumes_restarts(tmp_path, bert_dir, senti
         # killed before any checkpoint: restarted over the partial directory (lorakit's:
         # marked as a run, so --overwrite may replace it)
         from lorakit.atomic import mark
-        from lorakit.train.setup import RUN_FILES
+        from lorakit.train.output_dir import RUN_FILES
 
         (tmp_path / "c").mkdir()
         mark(tmp_path / "c", "train", RUN_FILES)

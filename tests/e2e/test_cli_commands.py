@@ -144,7 +144,7 @@ def test_classify(classifier_run, bert_dir, capsys):
 def test_merge_classifier_loads_without_lorakit(classifier_run, bert_dir, tmp_path, capsys):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lorakit.eval.infer import load_for_inference
+    from lorakit.infer.load import load_for_inference
 
     out = tmp_path / "merged"
     assert (
@@ -188,7 +188,7 @@ def test_merge_classifier_loads_without_lorakit(classifier_run, bert_dir, tmp_pa
 def test_merge_causal_lm(lm_run, llama_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from lorakit.eval.infer import load_for_inference
+    from lorakit.infer.load import load_for_inference
 
     out = tmp_path / "merged-lm"
     assert (
@@ -213,8 +213,9 @@ def test_merge_causal_lm(lm_run, llama_model_dir, tmp_path):
 
 
 def test_generate_streams_and_matches_greedy(lm_run, llama_model_dir, capsys):
-    from lorakit.eval.infer import load_for_inference, render_chat
-    from lorakit.eval.run import generate_texts
+    from lorakit.eval.passes import generate_texts
+    from lorakit.infer.chat import render_chat
+    from lorakit.infer.load import load_for_inference
 
     assert (
         main(

@@ -14,20 +14,15 @@ from lorakit.cli import main
 from lorakit.errors import ConfigError
 from lorakit.lora import LoraLayer, lora_layers
 from lorakit.lora.merge import merge_layer
-from lorakit.models.quantize import (
+from lorakit.models.quant_codec import (
     NF4_CODE,
-    Int8Embedding,
-    Int8Linear,
-    NF4Linear,
-    dequantize,
     dequantize_int8,
     dequantize_nf4,
-    quantize,
     quantize_int8,
     quantize_nf4,
-    quantized_modules,
-    tensor_bytes,
 )
+from lorakit.models.quant_layers import Int8Embedding, Int8Linear, NF4Linear
+from lorakit.models.quantize import dequantize, quantize, quantized_modules, tensor_bytes
 from tiny_models import logits, randomize_adapters, tiny_bert_cls, tiny_llama
 
 
@@ -137,9 +132,9 @@ def test_gradients_equal_those_of_the_dequantized_fp_model(mode, ids):
 
 @pytest.mark.parametrize("mode", ["int8", "nf4"])
 def test_large_weights_are_dequantized_a_block_of_rows_at_a_time(mode, monkeypatch):
-    """A weight above _CHUNK elements (an LM head) is multiplied a block of output rows at a
+    """A weight above CHUNK elements (an LM head) is multiplied a block of output rows at a
     time: the same products as the whole weight, without ever building it whole."""
-    from lorakit.models import quantize as quantize_module
+    from lorakit.models import quant_layers
 
     g = torch.Generator().manual_seed(0)
     W, bias = torch.randn(40, 128, generator=g), torch.randn(40, generator=g)
@@ -152,7 +147,7 @@ def test_large_weights_are_dequantized_a_block_of_rows_at_a_time(mode, monkeypat
     y, gx = layer.matmul(x), layer.matmul_grad(grad)
     assert torch.allclose(y, x @ full.T, atol=1e-4) and torch.allclose(gx, grad @ full, atol=1e-4)
 
-    monkeypatch.setattr(quantize_module, "_CHUNK", 128 * 6)  # 6 rows per block: 7 blocks
+    monkeypatch.setattr(quant_layers, "CHUNK", 128 * 6)  # 6 rows per block: 7 blocks
     blocks = layer.row_blocks()
     assert len(blocks) == 7 and torch.equal(torch.cat([layer.rows(b) for b in blocks]), full)
 
@@ -168,9 +163,9 @@ def test_large_weights_are_dequantized_a_block_of_rows_at_a_time(mode, monkeypat
 
 
 def test_nf4_rows_that_are_not_whole_blocks_stay_one_piece(monkeypatch):
-    from lorakit.models import quantize as quantize_module
+    from lorakit.models import quant_layers
 
-    monkeypatch.setattr(quantize_module, "_CHUNK", 96 * 4)
+    monkeypatch.setattr(quant_layers, "CHUNK", 96 * 4)
     W = torch.randn(20, 96)  # a row is 1.5 NF4 blocks: rows cannot start on a block
     layer = NF4Linear(*quantize_nf4(W), 96, 20)
     assert layer.row_blocks() == [slice(None)]
@@ -416,7 +411,7 @@ def test_quantize_with_full_or_head_is_a_one_line_error(lm_args, tmp_path, capsy
 
 def test_resume_of_a_run_from_before_the_quantize_field(tmp_path):
     from lorakit.config import TrainConfig
-    from lorakit.train.setup import check_output
+    from lorakit.train.output_dir import check_output
 
     config = TrainConfig(output=str(tmp_path / "run"), resume=True)
     (tmp_path / "run").mkdir()

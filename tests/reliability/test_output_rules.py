@@ -185,7 +185,7 @@ def test_merge_overwrites_only_its_own_output(capsys, tmp_path, bert_dir, adapte
 
 
 def test_an_os_error_outside_lorakits_writers_is_one_line(capsys, monkeypatch, tmp_path):
-    import lorakit.eval.infer as infer
+    import lorakit.infer.merge as infer
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))

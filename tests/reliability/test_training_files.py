@@ -102,18 +102,18 @@ def test_overwrite_replaces_a_run_only_once_the_new_one_is_set_up(
     fails(capsys, train_args(bert_dir, data, out, "--overwrite", "--text-column", "body"), "body")
     assert snapshot(out) == old
     # the new run's first write fails (a full disk): the old run is put back, nothing beside
-    import lorakit.train.setup as setup
+    import lorakit.train.output_dir as output_dir
 
-    real = setup.write_json
+    real = output_dir.write_json
 
     def full(path, content):
         if Path(path).name == "config.json":
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, content)
 
-    monkeypatch.setattr(setup, "write_json", full)
+    monkeypatch.setattr(output_dir, "write_json", full)
     fails(capsys, train_args(bert_dir, data, out, "--overwrite"), "the disk is full")
-    monkeypatch.setattr(setup, "write_json", real)
+    monkeypatch.setattr(output_dir, "write_json", real)
     assert snapshot(out) == old and sorted(os.listdir(tmp_path)) == ["data", "run"]
     # a real replacement: the new run's files only (a head-only run saves model/, no adapter/)
     succeeds(capsys, train_args(bert_dir, data, out, "--overwrite", "--method", "head", steps=2))

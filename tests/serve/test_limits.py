@@ -12,8 +12,9 @@ import pytest
 import uvicorn
 
 from engine_hold import held
-from lorakit.serve.app import Server, create_app
+from lorakit.serve.app import create_app
 from lorakit.serve.config import ServeConfig
+from lorakit.serve.server import Server
 
 
 @contextlib.contextmanager

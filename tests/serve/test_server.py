@@ -206,7 +206,8 @@ def test_classify_per_adapter(client, served):
         assert set(probs) == {"negative", "neutral", "positive"}
         assert abs(sum(probs.values()) - 1) < 1e-4 and row["label"] == max(probs, key=probs.get)
     # same numbers as lorakit's own classify with the adapter loaded
-    from lorakit.eval.infer import classify, load_for_inference
+    from lorakit.infer.classify import classify
+    from lorakit.infer.load import load_for_inference
 
     model, tok, _, labels = load_for_inference("minilm", served["paths"]["mood"])
     local = classify(model, tok, texts, labels)

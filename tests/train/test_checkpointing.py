@@ -7,10 +7,10 @@ from torch import nn
 
 from lorakit.config import TrainConfig
 from lorakit.errors import ConfigError
+from lorakit.eval.loss import causal_lm_loss
 from lorakit.models.load import load_model
 from lorakit.train import train
-from lorakit.train.loss import causal_lm_loss
-from lorakit.train.setup import apply_method, enable_activation_checkpointing
+from lorakit.train.method import apply_method, enable_activation_checkpointing
 
 
 def _lm_config(tmp_path, llama_dir, jsonl, name, **kw):

@@ -9,7 +9,7 @@ import torch
 
 from lorakit.cli import main
 from lorakit.config import TrainConfig
-from lorakit.train.setup import wants_release_memory
+from lorakit.train.memory import wants_release_memory
 
 GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 

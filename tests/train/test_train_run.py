@@ -113,7 +113,7 @@ def test_lora_plus_gives_B_a_larger_learning_rate(tmp_path, bert_dir, sentiment_
 def test_causal_lm_loss_only_at_labelled_positions_equals_full_loss(llama_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from lorakit.train.loss import causal_lm_loss
+    from lorakit.eval.loss import causal_lm_loss
 
     model = AutoModelForCausalLM.from_pretrained(llama_model_dir)
     ids = torch.randint(0, 250, (2, 12))

@@ -22,9 +22,17 @@ from lorakit.adapters.peft_format import CONFIG_NAME, WEIGHTS_NAME, from_peft_co
 from lorakit.adapters.validate import check_module_path, check_tensor, short
 from lorakit.config import LoraConfig
 from lorakit.errors import AdapterFormatError, AdapterMismatchError, ConfigError, LorakitError
-from lorakit.lora.inject import _set_module, adaptable_modules, adapter_configs, inject
+from lorakit.lora.inject import adaptable_modules, inject
 from lorakit.lora.layer import LoraLayer, linear_shape
-from lorakit.lora.manage import active_adapters, set_adapter
+from lorakit.lora.registry import (
+    RegistryState,
+    active_adapters,
+    adapter_configs,
+    lora_modules,
+    named_lora_modules,
+    set_adapter,
+    set_module,
+)
 from lorakit.lora.saved_module import ModulesToSave
 
 __all__ = [
@@ -298,12 +306,8 @@ class _Snapshot:
 
     def __init__(self, model: nn.Module, parts: dict):
         self.modules = set(model.modules())
-        self.active = {
-            m: list(m.active) for m in self.modules if isinstance(m, LoraLayer | ModulesToSave)
-        }
-        self.state = {k: model.__dict__.get(k) for k in ("_lorakit_active", "_lorakit_configs")}
-        self.configs = dict(self.state["_lorakit_configs"] or {})
-        self.active_names = list(self.state["_lorakit_active"] or [])
+        self.active = {m: list(m.active) for m in lora_modules(model)}
+        self.registry = RegistryState(model)
         self.grads = {p: p.requires_grad for p in model.parameters()}
         modules = dict(model.named_modules())
         self.biases = []
@@ -315,10 +319,7 @@ class _Snapshot:
 
     @torch.no_grad()
     def restore(self, model: nn.Module, name: str) -> None:
-        wrappers = [
-            (n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer | ModulesToSave)
-        ]
-        for path, m in wrappers:
+        for path, m in list(named_lora_modules(model)):
             held = m.adapters if isinstance(m, LoraLayer) else m.copies
             if name in held:
                 del held[name]
@@ -326,17 +327,8 @@ class _Snapshot:
                 m.active = self.active[m]
             else:  # a wrapper this attach created: put the original module back
                 original = m.base_layer if isinstance(m, LoraLayer) else m.original_module
-                _set_module(model, path, original)
-        for key, value in self.state.items():
-            if value is None:
-                model.__dict__.pop(key, None)
-            else:
-                model.__dict__[key] = value
-        if self.state["_lorakit_configs"] is not None:  # the same dict inject added to
-            self.state["_lorakit_configs"].clear()
-            self.state["_lorakit_configs"].update(self.configs)
-        if self.state["_lorakit_active"] is not None:
-            model.__dict__["_lorakit_active"] = self.active_names
+                set_module(model, path, original)
+        self.registry.restore(model)
         for p, grad in self.grads.items():
             p.requires_grad_(grad)
         for p, value in self.biases:
@@ -345,7 +337,7 @@ class _Snapshot:
 
 def _adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
     params = []
-    for m in model.modules():
+    for m in lora_modules(model):
         if isinstance(m, LoraLayer):
             params += list(m.adapters.parameters())
         elif isinstance(m, ModulesToSave):

@@ -16,8 +16,9 @@ from lorakit.adapters.peft_format import CONFIG_NAME, PREFIX, WEIGHTS_NAME, lora
 from lorakit.atomic import atomic_dir
 from lorakit.config import LoraConfig
 from lorakit.errors import AdapterNotFoundError
-from lorakit.lora.inject import _is_saved_module, adaptable_modules, adapter_configs
+from lorakit.lora.inject import _is_saved_module, adaptable_modules
 from lorakit.lora.layer import LoraLayer
+from lorakit.lora.registry import adapter_configs, named_lora_modules
 from lorakit.lora.saved_module import ModulesToSave
 
 # transformers head classes → peft task types (by class-name suffix; lora/ stays transformers-free)
@@ -52,7 +53,7 @@ def adapter_state(model: nn.Module, adapter: str) -> tuple[dict[str, torch.Tenso
     ranks: dict[str, int] = {}
     alphas: dict[str, float] = {}
     fan_in_fan_out = False
-    for path, module in model.named_modules():
+    for path, module in named_lora_modules(model):
         if isinstance(module, LoraLayer) and adapter in module.adapters:
             ad = module.adapters[adapter]
             A, B, alpha = ad.A.detach(), ad.B.detach(), ad.alpha

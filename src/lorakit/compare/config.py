@@ -23,8 +23,13 @@ _NEVER = {"resume", "overwrite"}
 class SharedRunConfig(StrictConfig):
     """Training fields shared by every run (see TrainConfig for their meaning)."""
 
-    model: str = Field("minilm", description="Alias, HF directory, .gguf file or cached hub id.")
-    task: Literal["classification", "causal-lm"] = Field("classification", description="Task.")
+    model: str = Field(
+        "minilm",
+        description="Model every run starts from: alias, HF directory, .gguf file or cached hub id.",
+    )
+    task: Literal["classification", "causal-lm"] = Field(
+        "classification", description="What the models learn."
+    )
     data: str = Field("tweets", description="'tweets' or a CSV/JSON/JSONL/Parquet file or dir.")
     text_column: str | None = Field(None, description="Classification text column.")
     label_column: str | None = Field(None, description="Classification label column.")
@@ -34,7 +39,9 @@ class SharedRunConfig(StrictConfig):
     batch_size: int = Field(16, gt=0, description="Examples per micro-batch.")
     max_train_samples: int | None = Field(None, gt=0, description="Training examples at most.")
     max_eval_samples: int | None = Field(None, gt=0, description="Evaluation examples at most.")
-    seed: int = Field(0, description="Seed of the first repetition (then seed+1, ...).")
+    seed: int = Field(
+        0, description="Random seed; compare: of the first repetition (then seed+1, ...)."
+    )
     lr: float | None = Field(
         None, gt=0, description="Learning rate of lora/dora/head runs (default 1e-3)."
     )
@@ -50,7 +57,7 @@ class SharedRunConfig(StrictConfig):
         description="Any other TrainConfig field, applied to every run (e.g. {grad_accum: 2}).",
     )
     overwrite: bool = Field(
-        False, description="Replace an output directory that holds another sweep or other files."
+        False, description="Replace an output lorakit wrote (another sweep or run; nothing else)."
     )
 
     @field_validator("train")
@@ -79,8 +86,14 @@ class SharedRunConfig(StrictConfig):
 class CompareConfig(SharedRunConfig):
     """`lorakit compare`: head-only, LoRA at several ranks and target sets, DoRA, full FT."""
 
-    output: str = Field("runs/compare", description="Sweep directory: runs/, report.md, plots.")
-    ranks: list[int] = Field([1, 2, 4, 8, 16, 32, 64], description="LoRA ranks to train.")
+    output: str = Field(
+        "runs/compare",
+        description="Sweep directory: runs/, report.md, plots (re-run the command to resume it).",
+    )
+    ranks: list[int] = Field(
+        [1, 2, 4, 8, 16, 32, 64],
+        description="LoRA ranks to train (a YAML list or comma-separated: 1,4,16).",
+    )
     target_sets: dict[str, list[str] | str] | None = Field(
         None,
         description="Named target_modules sets. Default: 'attention' (the model's query/value "
@@ -97,7 +110,9 @@ class CompareConfig(SharedRunConfig):
     full_lr: float | None = Field(
         None, gt=0, description="Learning rate of full fine-tuning (default 5e-5)."
     )
-    seeds: int = Field(1, ge=1, description="Repetitions of every run (seed, seed+1, ...).")
+    seeds: int = Field(
+        1, ge=1, description="Repetitions of every run (seed, seed+1, ...): mean ± std."
+    )
     metric: Literal["accuracy", "macro_f1", "exact_match", "rouge_l", "perplexity"] | None = Field(
         None,
         description="The score the findings rank by (default: accuracy; for causal-lm "
@@ -148,7 +163,11 @@ class RankProbeConfig(SharedRunConfig):
 
     output: str = Field("runs/rank-probe", description="Directory: runs, report.md, spectra.")
     rank: int = Field(64, gt=0, description="The probe run's (high) LoRA rank.")
-    targets: list[str] | str = Field("all-linear", description="target_modules of both runs.")
+    targets: list[str] | str = Field(
+        "all-linear",
+        description="target_modules of both runs: all-linear, module names (a YAML list or "
+        "comma-separated: q_proj,v_proj) or a regex.",
+    )
     energy: float = Field(
         0.9, gt=0, lt=1, description="Share of the update's energy the recommended r must hold."
     )

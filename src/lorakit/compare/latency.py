@@ -24,8 +24,8 @@ class Probe:
 
 def probe_inputs(config: TrainConfig, n: int) -> Probe:
     """Tokenize the first `n` test examples (reads and checks the data: nothing written)."""
+    from lorakit.data.prepare import prepare
     from lorakit.models.load import load_tokenizer, model_dir, resolve_model
-    from lorakit.train.prepare import prepare
 
     tokenizer = load_tokenizer(model_dir(resolve_model(config.model)), config.task)
     # Only the test split is needed: one training example keeps tokenization short.

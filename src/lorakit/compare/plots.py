@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from lorakit.atomic import write_file
+from lorakit.compare.columns import BY_KEY
 
 METHOD_COLORS = {"lora": "tab:blue", "dora": "tab:purple", "full": "tab:red", "head": "tab:gray"}
 
@@ -27,8 +28,6 @@ def _save(plt, fig, path: Path) -> Path:
 
 
 def _label(key: str) -> str:
-    from lorakit.compare.report import BY_KEY
-
     return BY_KEY[key].header
 
 

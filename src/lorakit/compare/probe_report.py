@@ -6,9 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from lorakit.atomic import write_text
+from lorakit.atomic import write_json, write_text
 from lorakit.config import TrainConfig
-from lorakit.train.outputs import write_json
 
 # Always written to recommendation.yaml, even where equal to TrainConfig's defaults,
 # so the file says what it recommends on its own.

@@ -91,8 +91,8 @@ def rank_probe(config: RankProbeConfig, log: Callable[[str], None] = print) -> d
     from lorakit.compare.latency import probe_inputs
     from lorakit.compare.report import primary_metric
     from lorakit.compare.sweep import open_output, resolve_target_sets, train_or_reuse
-    from lorakit.eval.infer import load_for_inference
-    from lorakit.train.setup import protected_paths
+    from lorakit.infer.load import load_for_inference
+    from lorakit.train.output_dir import protected_paths
 
     out = Path(config.output)
     probe_cfg = config.run_config(out / f"probe-r{config.rank}", method="lora", r=config.rank)

@@ -11,37 +11,10 @@ import io
 import math
 import statistics
 from pathlib import Path
-from typing import NamedTuple
 
-from lorakit.atomic import write_text
-from lorakit.train.outputs import write_json
-
-
-class Column(NamedTuple):
-    key: str
-    header: str
-    better: str  # "low" or "high"
-    fmt: str
-
-
-COLUMNS = [
-    Column("trainable_params", "trainable params", "low", "{:,.0f}"),
-    Column("trainable_percent", "% of total", "low", "{:.3f}"),
-    Column("artifact_mb", "size on disk (MB)", "low", "{:.3f}"),
-    Column("peak_memory_mb", "peak memory (MB)", "low", "{:.0f}"),
-    Column("train_seconds", "train time (s)", "low", "{:.2f}"),
-    Column("tokens_per_s", "tokens/s", "high", "{:.0f}"),
-    Column("accuracy", "accuracy", "high", "{:.4f}"),
-    Column("macro_f1", "macro-F1", "high", "{:.4f}"),
-    Column("exact_match", "exact match", "high", "{:.4f}"),
-    Column("rouge_l", "ROUGE-L", "high", "{:.4f}"),
-    Column("perplexity", "perplexity", "low", "{:.3f}"),
-    Column("latency_unmerged_ms", "latency unmerged (ms)", "low", "{:.2f}"),
-    Column("latency_merged_ms", "latency merged (ms)", "low", "{:.2f}"),
-]
-BY_KEY = {c.key: c for c in COLUMNS}
-SCORES = ("accuracy", "macro_f1", "exact_match", "rouge_l", "perplexity")
-IDENTITY = ("group", "method", "targets", "r")
+from lorakit.atomic import write_json, write_text
+from lorakit.compare.columns import BY_KEY, COLUMNS, IDENTITY, SCORES, Column
+from lorakit.compare.plots import plot_sweep
 
 
 def make_row(run, metrics: dict, latency: dict) -> dict:
@@ -253,8 +226,6 @@ def write_results(
     write_json(out / "results.json", results)
     images = []
     if plots:
-        from lorakit.compare.plots import plot_sweep
-
         images = plot_sweep(out, summary, metric)
     write_text(out / "report.md", _markdown(config, target_sets, rows, summary, text, images))
     return results

@@ -16,12 +16,19 @@ from pathlib import Path
 
 import torch
 
-from lorakit.atomic import check_replaceable, clean_temps, read_marker, replace_dir, writing
+from lorakit.atomic import (
+    check_replaceable,
+    clean_temps,
+    read_marker,
+    replace_dir,
+    write_json,
+    writing,
+)
 from lorakit.compare.config import CompareConfig
 from lorakit.config import LoraConfig, TrainConfig
+from lorakit.device import resolve_device
 from lorakit.errors import ConfigError, LorakitError, OutputExistsError, TargetNotFoundError
-from lorakit.train.outputs import write_json
-from lorakit.train.setup import protected_paths
+from lorakit.train.output_dir import protected_paths
 
 # Leaf names of the attention query / value projections across architectures
 # (BERT, Llama/Mistral/Qwen, T5, and GPT-2's fused qkv).
@@ -255,7 +262,6 @@ def run_sweep(config: CompareConfig, log: Callable[[str], None] = print) -> dict
     """Train (or reuse) every run of the sweep, then write results, report and plots."""
     from lorakit.compare.latency import probe_inputs, run_latency
     from lorakit.compare.report import make_row, write_results
-    from lorakit.train.setup import resolve_device
 
     out = Path(config.output)
     # Model, targets and data are checked before anything is written.

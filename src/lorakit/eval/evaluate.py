@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from lorakit.config import TrainConfig
-from lorakit.eval.infer import load_for_inference
-from lorakit.eval.run import finite
+from lorakit.data.prepare import prepare
+from lorakit.errors import ConfigError, DataError
+from lorakit.eval.passes import finite
+from lorakit.eval.splits import split_metrics
+from lorakit.infer.load import load_for_inference
 from lorakit.lora import disable_adapters
 
 
@@ -21,16 +24,13 @@ def evaluate(
     max_length: int = 128,
 ) -> dict:
     """Metrics of the model (+ adapter) on `split`; with compare_base, of the base model too."""
-    from lorakit.errors import ConfigError
-    from lorakit.train.loop import Run
-    from lorakit.train.prepare import prepare
-    from lorakit.train.run import test_metrics
-
     if split not in ("train", "validation", "test"):
         raise ConfigError(f"unknown split {split!r} — use train, validation or test")
 
     loaded, tokenizer, task, labels = load_for_inference(model, adapter, task)
-    config = TrainConfig(
+    # The data half of a TrainConfig, validated as `lorakit train` validates it; the
+    # training split is cut to one example unless it is the split scored.
+    data_config = TrainConfig(
         model=model,
         task=task,
         data=data,
@@ -40,22 +40,19 @@ def evaluate(
         max_train_samples=max_eval_samples if split == "train" else 1,
         max_length=max_length,
     )
-    prepared = prepare(config, tokenizer)
+    prepared = prepare(data_config, tokenizer)
     if labels and prepared.labels and list(labels) != list(prepared.labels):
-        from lorakit.errors import DataError
-
         raise DataError(
             f"the data's classes {prepared.labels} differ from the adapter's {labels} — "
             "evaluate on data with the same label names"
         )
-    run = Run(config, None, loaded, tokenizer, prepared, None, next(loaded.parameters()).device)
     result = {
         "model": model,
         "adapter": adapter,
         "split": split,
-        "metrics": finite(test_metrics(run, split)),
+        "metrics": finite(split_metrics(loaded, tokenizer, prepared, task, split)),
     }
     if compare_base and adapter is not None:
         with disable_adapters(loaded):
-            result["base_metrics"] = finite(test_metrics(run, split))
+            result["base_metrics"] = finite(split_metrics(loaded, tokenizer, prepared, task, split))
     return result

@@ -1,21 +1,25 @@
 """Pure torch LoRA: layers, injection, merging, multi-adapter batching. Imports torch only."""
 
-from lorakit.lora.batching import adapter_per_row
 from lorakit.lora.combine import add_weighted_adapter
-from lorakit.lora.inject import adapter_configs, find_targets, inject
+from lorakit.lora.inject import find_targets, inject
 from lorakit.lora.layer import Adapter, LoraLayer, layer_kind
 from lorakit.lora.manage import (
-    active_adapters,
     delete_adapter,
     disable_adapters,
-    list_adapters,
-    lora_layers,
     print_trainable_parameters,
-    set_adapter,
     trainable_line,
     trainable_parameters,
 )
 from lorakit.lora.merge import merge, merge_and_unload, unmerge
+from lorakit.lora.per_row import adapter_per_row
+from lorakit.lora.registry import (
+    active_adapters,
+    adapter_configs,
+    list_adapters,
+    lora_layers,
+    lora_modules,
+    set_adapter,
+)
 from lorakit.lora.saved_module import ModulesToSave
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "layer_kind",
     "list_adapters",
     "lora_layers",
+    "lora_modules",
     "merge",
     "merge_and_unload",
     "print_trainable_parameters",

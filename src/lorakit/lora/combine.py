@@ -10,10 +10,8 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError
-from lorakit.lora.inject import adapter_configs
 from lorakit.lora.layer import Adapter, LoraLayer
-from lorakit.lora.manage import _check_known, lora_layers
-from lorakit.lora.saved_module import ModulesToSave
+from lorakit.lora.registry import adapter_configs, check_known, lora_layers, saved_modules
 
 METHODS = ("linear", "cat", "svd")
 
@@ -37,7 +35,7 @@ def add_weighted_adapter(
     if not weights:
         raise ConfigError("weights is empty — pass {adapter_name: weight, ...}")
     names = list(weights)
-    _check_known(model, names)
+    check_known(model, names)
     configs = adapter_configs(model)
     if new_name in configs:
         raise ConfigError(f"adapter {new_name!r} already exists — pick another name")
@@ -86,8 +84,8 @@ def add_weighted_adapter(
         ad.requires_grad_(False)
         layer.add_adapter(new_name, ad)
     if saved_owner:
-        for wrapper in model.modules():
-            if isinstance(wrapper, ModulesToSave) and saved_owner in wrapper.copies:
+        for wrapper in saved_modules(model).values():
+            if saved_owner in wrapper.copies:
                 wrapper.copies[new_name] = copy.deepcopy(
                     wrapper.copies[saved_owner]
                 ).requires_grad_(False)
@@ -115,9 +113,7 @@ def _combine(present: list[tuple[Adapter, float]], method: str, svd_rank: int | 
 
 
 def _saved_module_owner(model: nn.Module, names: list[str]) -> str | None:
-    owners = {
-        n for m in model.modules() if isinstance(m, ModulesToSave) for n in names if n in m.copies
-    }
+    owners = {n for m in saved_modules(model).values() for n in names if n in m.copies}
     if len(owners) > 1:
         raise ConfigError(
             f"adapters {sorted(owners)} each carry modules_to_save — combine at most one such adapter"

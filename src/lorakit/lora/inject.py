@@ -9,16 +9,11 @@ from torch import nn
 
 from lorakit.config import LoraConfig
 from lorakit.errors import ConfigError, TargetNotFoundError
+from lorakit.lora.heads import output_head_names
 from lorakit.lora.init import init_adapter
 from lorakit.lora.layer import Adapter, LoraLayer, layer_kind
+from lorakit.lora.registry import adapter_configs, lora_modules, set_adapter, set_module
 from lorakit.lora.saved_module import ModulesToSave
-
-SEQ_CLS_HEADS = ("score", "classifier")
-
-
-def adapter_configs(model: nn.Module) -> dict[str, LoraConfig]:
-    """The LoraConfig of every adapter on the model, by name (kept on the root module)."""
-    return model.__dict__.setdefault("_lorakit_configs", {})
 
 
 def adaptable_modules(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
@@ -48,27 +43,11 @@ def _is_saved_module(name: str, modules_to_save: list[str] | None) -> bool:
     return any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in modules_to_save or [])
 
 
-def output_head_names(model: nn.Module, task_type: str | None) -> set[str]:
-    """The output layer(s) 'all-linear' leaves alone: the LM head, or a SEQ_CLS head."""
-    heads: list[nn.Module] = []
-    get_out = getattr(model, "get_output_embeddings", None)
-    out = get_out() if callable(get_out) else None
-    if isinstance(out, nn.Module):
-        heads.append(out)
-    elif task_type == "SEQ_CLS":
-        heads += [
-            getattr(model, h)
-            for h in SEQ_CLS_HEADS
-            if isinstance(getattr(model, h, None), nn.Module)
-        ]
-    return {n for n, m in model.named_modules() if any(m is h for h in heads)}
-
-
 def find_targets(model: nn.Module, config: LoraConfig) -> dict[str, tuple[nn.Module, str]]:
     """The modules `config` selects, by peft's matching rules."""
     candidates = adaptable_modules(model)
     if config.target_modules == "all-linear":
-        heads = output_head_names(model, config.task_type)
+        heads = set(output_head_names(model, config.task_type))
         selected = {
             n: v for n, v in candidates.items() if v[1] in ("linear", "conv1d") and n not in heads
         }
@@ -110,12 +89,6 @@ def _saved_module_targets(model: nn.Module, names: list[str] | None) -> dict[str
     return found
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, leaf, module)
-
-
 def inject(
     model: nn.Module, config: LoraConfig | None = None, adapter: str = "default"
 ) -> nn.Module:
@@ -142,7 +115,7 @@ def inject(
     for name, (module, kind) in targets.items():
         layer = module if isinstance(module, LoraLayer) else LoraLayer(module, kind)
         if layer is not module:
-            _set_module(model, name, layer)
+            set_module(model, name, layer)
         weight = layer.base_tensor  # a quantized base's codes: adapters are fp32 then
         ad = Adapter(
             layer.in_features,
@@ -160,13 +133,11 @@ def inject(
     for name, module in saved.items():
         wrapper = module if isinstance(module, ModulesToSave) else ModulesToSave(module)
         if wrapper is not module:
-            _set_module(model, name, wrapper)
+            set_module(model, name, wrapper)
         wrapper.add_copy(adapter)
 
     configs[adapter] = config
     freeze_except(model, adapter)
-    from lorakit.lora.manage import set_adapter  # manage builds on this module
-
     set_adapter(model, adapter)
     return model
 
@@ -182,7 +153,7 @@ def freeze_except(model: nn.Module, adapter: str) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     bias = adapter_configs(model)[adapter].bias
-    for module in model.modules():
+    for module in lora_modules(model):
         if isinstance(module, LoraLayer) and adapter in module.adapters:
             for p in module.adapters[adapter].parameters():
                 p.requires_grad_(True)

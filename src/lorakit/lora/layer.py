@@ -8,6 +8,7 @@ update rule serves all three:  h = base(x) + scaling * B @ A x,  A: [r, in], B: 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ def linear_form(weight: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def is_quantized(module: nn.Module) -> bool:
-    """A quantized frozen base (lorakit.models.quantize): codes + dequantized(), no `weight`.
+    """A quantized frozen base (lorakit.models.quant_layers): codes + dequantized(), no `weight`.
 
     Read on the class: wrappers (LoraLayer, ModulesToSave) hand attribute reads through to
     what they wrap, and are not quantized modules themselves."""
@@ -63,6 +64,20 @@ def refuse_quantized(base: nn.Module, what: str, fix: str = "") -> None:
             f"cannot {what}: its base is {base.quant_type}-quantized — "
             + (fix or "call lorakit.models.quantize.dequantize(model) first")
         )
+
+
+class PerRow(Protocol):
+    """What `adapter_per_row` (lorakit.lora.per_row) installs as a LoRA module's `rows`:
+    the forwards in which each batch row uses its own adapter. The layer calls it, so this
+    file never imports the per-row code."""
+
+    def layer_forward(self, layer: LoraLayer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """A LoraLayer's forward with each row's adapter."""
+        ...
+
+    def saved_forward(self, wrapper: nn.Module, x: torch.Tensor, *args, **kwargs):
+        """A ModulesToSave's forward with each row through its adapter's copy."""
+        ...
 
 
 class Adapter(nn.Module):
@@ -141,7 +156,7 @@ class LoraLayer(nn.Module):
         self.active: list[str] = []
         self.merged: list[str] = []
         self.disabled = False
-        self.rows = None  # set by lorakit.lora.batching
+        self.rows: PerRow | None = None  # set by lorakit.lora.per_row.adapter_per_row
 
     # -- shape of the base in linear form -------------------------------------------------
     @property
@@ -199,9 +214,7 @@ class LoraLayer(nn.Module):
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.rows is not None:
-            from lorakit.lora.batching import per_row_forward
-
-            return per_row_forward(self, x, *args, **kwargs)
+            return self.rows.layer_forward(self, x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         if self.disabled:
             return result

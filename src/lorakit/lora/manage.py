@@ -1,4 +1,4 @@
-"""Choosing, listing, deleting and disabling adapters; counting parameters."""
+"""Deleting and disabling adapters; counting parameters (choosing and listing: registry)."""
 
 from __future__ import annotations
 
@@ -7,53 +7,22 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from lorakit.errors import AdapterNotFoundError, ConfigError
-from lorakit.lora.inject import _set_module, adapter_configs
-from lorakit.lora.layer import LoraLayer
-from lorakit.lora.saved_module import ModulesToSave
-
-
-def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
-
-
-def _wrappers(model: nn.Module) -> list[LoraLayer | ModulesToSave]:
-    return [m for m in model.modules() if isinstance(m, LoraLayer | ModulesToSave)]
-
-
-def list_adapters(model: nn.Module) -> list[str]:
-    """Names of the adapters on the model, in the order they were added."""
-    return list(adapter_configs(model))
-
-
-def active_adapters(model: nn.Module) -> list[str]:
-    return list(model.__dict__.get("_lorakit_active", []))
-
-
-def _check_known(model: nn.Module, names: list[str]) -> None:
-    known = list_adapters(model)
-    for name in names:
-        if name not in known:
-            raise AdapterNotFoundError(
-                f"no adapter named {name!r} — loaded adapters: {known or 'none'}"
-            )
-
-
-def set_adapter(model: nn.Module, name: str | list[str] | None) -> None:
-    """Make `name` the active adapter; a list sums several; None runs the base alone.
-
-    Only changes which adapters forward uses; trainability is set by inject / load_adapter.
-    """
-    names = [] if name is None else [name] if isinstance(name, str) else list(name)
-    _check_known(model, names)
-    for m in _wrappers(model):
-        m.active = list(names)
-    model.__dict__["_lorakit_active"] = list(names)
+from lorakit.errors import ConfigError
+from lorakit.lora.registry import (
+    active_adapters,
+    adapter_configs,
+    check_known,
+    lora_layers,
+    lora_modules,
+    saved_modules,
+    set_adapter,
+    set_module,
+)
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove adapter `name` everywhere; layers left with no adapter go back to plain modules."""
-    _check_known(model, [name])
+    check_known(model, [name])
     layers = lora_layers(model)
     merged = [n for n, layer in layers.items() if name in layer.merged]
     if merged:
@@ -64,12 +33,12 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         if name in layer.adapters:
             layer.remove_adapter(name)
             if not layer.adapters:
-                _set_module(model, path, layer.base_layer)
-    for path, wrapper in [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSave)]:
+                set_module(model, path, layer.base_layer)
+    for path, wrapper in saved_modules(model).items():
         if name in wrapper.copies:
             del wrapper.copies[name]
             if not len(wrapper.copies):
-                _set_module(model, path, wrapper.original_module)
+                set_module(model, path, wrapper.original_module)
     del adapter_configs(model)[name]
     set_adapter(model, [n for n in active_adapters(model) if n != name])
 
@@ -80,7 +49,7 @@ def disable_adapters(model: nn.Module) -> Iterator[None]:
     merged = sorted({n for layer in lora_layers(model).values() for n in layer.merged})
     if merged:
         raise ConfigError(f"adapters {merged} are merged into the weights — unmerge(model) first")
-    wrappers = _wrappers(model)
+    wrappers = lora_modules(model)
     previous = [m.disabled for m in wrappers]
     for m in wrappers:
         m.disabled = True

@@ -11,10 +11,16 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError
-from lorakit.lora.inject import _set_module, adapter_configs
 from lorakit.lora.layer import LoraLayer, is_quantized, refuse_quantized
-from lorakit.lora.manage import _check_known, active_adapters, lora_layers, set_adapter
-from lorakit.lora.saved_module import ModulesToSave
+from lorakit.lora.registry import (
+    active_adapters,
+    adapter_configs,
+    check_known,
+    lora_layers,
+    saved_modules,
+    set_adapter,
+    set_module,
+)
 
 
 @torch.no_grad()
@@ -92,7 +98,7 @@ def merge(model: nn.Module, adapter: str | None = None) -> None:
     Forward then skips the merged adapters, so outputs are unchanged and cost nothing extra.
     """
     names = [adapter] if adapter is not None else active_adapters(model)
-    _check_known(model, names)
+    check_known(model, names)
     if not names:
         raise ConfigError("no adapter to merge — pass adapter=... or set_adapter() first")
     _refuse_quantized_targets(model, names)
@@ -129,10 +135,10 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     for path, layer in lora_layers(model).items():
         for name in [n for n in layer.adapters if n not in layer.merged]:
             layer.remove_adapter(name)  # restores a PiSSA residual's principal part
-        _set_module(model, path, layer.base_layer)
-    for path, wrapper in [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSave)]:
+        set_module(model, path, layer.base_layer)
+    for path, wrapper in saved_modules(model).items():
         wrapper.disabled = False
-        _set_module(model, path, wrapper.current())
+        set_module(model, path, wrapper.current())
     adapter_configs(model).clear()
     set_adapter(model, None)
     return model

@@ -21,7 +21,7 @@ class ModulesToSave(nn.Module):
         self.copies = nn.ModuleDict()
         self.active: list[str] = []
         self.disabled = False
-        self.rows = None
+        self.rows = None  # a lora.layer.PerRow, set by lorakit.lora.per_row.adapter_per_row
 
     def add_copy(self, name: str) -> nn.Module:
         module = copy.deepcopy(self.original_module)
@@ -48,16 +48,4 @@ class ModulesToSave(nn.Module):
     def forward(self, x: torch.Tensor, *args, **kwargs):
         if self.rows is None or self.disabled:
             return self.current()(x, *args, **kwargs)
-        # Per-row: heads are small, so one call per distinct adapter over its rows.
-        index, slots = self.rows.index.to(x.device), self.rows.slots
-        out = None
-        for slot, name in enumerate(slots):
-            rows = (index == slot).nonzero().flatten()
-            if rows.numel() == 0:
-                continue
-            module = self.copies[name] if name in self.copies else self.original_module
-            part = module(x.index_select(0, rows), *args, **kwargs)
-            if out is None:
-                out = part.new_zeros((x.shape[0], *part.shape[1:]))
-            out.index_copy_(0, rows, part)
-        return out
+        return self.rows.saved_forward(self, x, *args, **kwargs)

@@ -12,7 +12,7 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 class ServeConfig(StrictConfig):
     model: str = Field("smollm2-135m", description="The causal LM every generation uses.")
     adapters: dict[str, str] = Field(
-        default_factory=dict, description="Adapters loaded at start: name -> directory."
+        default_factory=dict, description="Generation adapters loaded at start: name -> directory."
     )
     classifier: str | None = Field(None, description="A classification model for /v1/classify.")
     classifier_adapters: dict[str, str] = Field(

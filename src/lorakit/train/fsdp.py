@@ -18,33 +18,18 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from lorakit.device import in_process_group, is_sharded
 from lorakit.errors import ConfigError
 
 
-def _in_group() -> bool:
-    # Without a process group nothing can be sharded: single-process runs skip importing
-    # torch.distributed.tensor (most of a second) and every check below.
-    return dist.is_available() and dist.is_initialized()
-
-
 def _is_dtensor(t) -> bool:
-    if not _in_group():
+    if not in_process_group():
         return False
     from torch.distributed.tensor import DTensor
 
     return isinstance(t, DTensor)
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """True for a model that shard() wrapped (its forward is then a collective)."""
-    if not _in_group():
-        return False
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:

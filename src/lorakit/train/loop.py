@@ -17,6 +17,9 @@ import torch
 
 from lorakit.config import TrainConfig
 from lorakit.data import collate, collate_packed, length_grouped_batches, lengths_of, pack
+from lorakit.data.prepare import Prepared, prepare
+from lorakit.device import is_sharded, resolve_device
+from lorakit.eval.loss import IGNORE, loss_fn
 from lorakit.lora import trainable_line, trainable_parameters
 from lorakit.models.load import load_model, load_tokenizer, model_dir, resolve_model
 from lorakit.train import distributed
@@ -28,18 +31,17 @@ from lorakit.train.checkpoint import (
     trainable_state,
 )
 from lorakit.train.fingerprint import run_fingerprint
-from lorakit.train.fsdp import is_sharded, shard
-from lorakit.train.loss import IGNORE, loss_fn
+from lorakit.train.fsdp import shard
+from lorakit.train.method import apply_method
 from lorakit.train.optim import build_optimizer, warmup_cosine
+from lorakit.train.output_dir import check_output, create_output
 from lorakit.train.outputs import Board, write_log_csv
-from lorakit.train.prepare import Prepared, prepare
 from lorakit.train.progress import Progress
-from lorakit.train.setup import apply_method, check_output, create_output, resolve_device
 
 
 @dataclass
 class Run:
-    """Everything a finished (or evaluated) run hands to the caller."""
+    """Everything a finished run hands to the caller."""
 
     config: TrainConfig
     out: Path

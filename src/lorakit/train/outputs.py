@@ -1,19 +1,14 @@
-"""What a run leaves behind besides the adapter: metrics.json, train_log.csv, plots, TensorBoard."""
+"""What a run leaves besides the adapter and metrics.json: train_log.csv, plots, TensorBoard."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from lorakit.atomic import write_file, write_text, writing
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "tokens_per_s", "elapsed_s", "val_metric"]
-
-
-def write_json(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def write_log_csv(path: Path, log: list[dict]) -> None:

@@ -10,7 +10,8 @@ from lorakit.serve.config import ServeConfig
 def serve(config: ServeConfig, say=print) -> None:
     import uvicorn
 
-    from lorakit.serve.app import Server, create_app
+    from lorakit.serve.app import create_app
+    from lorakit.serve.server import Server
 
     server = Server(config)  # every model and adapter checked before the port opens
     sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)

@@ -12,81 +12,22 @@ decided on the engine thread, where every admitted request is counted.
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lorakit.adapters import attach_adapter, read_adapter
-from lorakit.errors import AdapterNotFoundError, ConfigError
-from lorakit.eval.infer import adapter_task, classify
+from lorakit.device import resolve_device
+from lorakit.errors import ConfigError
+from lorakit.infer.classify import classify
+from lorakit.infer.load import adapter_task
 from lorakit.lora import adapter_per_row, delete_adapter
 from lorakit.models.load import load_model
+from lorakit.serve.catalog import Catalog, Entry, base_id
 from lorakit.serve.engine import Engine
 from lorakit.serve.errors import ApiError
-from lorakit.train.setup import resolve_device
 
 CHANGE_TIMEOUT_S = 60.0  # how long a load/unload waits for the engine to take it
-
-
-@dataclass
-class Entry:
-    id: str
-    kind: str  # "lm" | "classifier"
-    parent: str | None  # base model id for adapters
-    path: str | None
-    labels: list[str] | None = None
-    created: int = 0
-
-
-def base_id(model: str) -> str:
-    return Path(model).name if ("/" in model or model.endswith(".gguf")) else model
-
-
-class Catalog:
-    """Names the API knows: the bases and every adapter, each unique. A name being loaded
-    is reserved (a second load of it is refused) but not listed until it is usable."""
-
-    def __init__(self):
-        self.entries: dict[str, Entry] = {}
-        self.pending: set[str] = set()
-        self.lock = threading.Lock()
-
-    def reserve(self, name: str) -> None:
-        with self.lock:
-            if name in self.entries or name in self.pending:
-                raise ApiError(
-                    409, f"a model named {name!r} is already loaded", "name_taken", "lora_name"
-                )
-            self.pending.add(name)
-
-    def release(self, name: str) -> None:
-        with self.lock:
-            self.pending.discard(name)
-
-    def add(self, entry: Entry) -> None:
-        with self.lock:
-            if entry.id in self.entries:
-                raise ApiError(
-                    409, f"a model named {entry.id!r} is already loaded", "name_taken", "lora_name"
-                )
-            entry.created = int(time.time())
-            self.entries[entry.id] = entry
-
-    def get(self, name: str, kind: str | None = None) -> Entry:
-        entry = self.entries.get(name)
-        if entry is None or (kind and entry.kind != kind):
-            known = sorted(n for n, e in self.entries.items() if not kind or e.kind == kind)
-            what = {"lm": "generation", "classifier": "classification"}.get(kind or "", "")
-            raise AdapterNotFoundError(
-                f"no {what + ' ' if what else ''}model or adapter named {name!r} — available: {known}"
-            )
-        return entry
-
-    def remove(self, name: str) -> None:
-        with self.lock:
-            self.entries.pop(name, None)
 
 
 def _check_task(path: str | Path, want: str, confine: bool) -> list[str] | None:

@@ -5,68 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorakit.adapters import save_adapter
-from lorakit.atomic import WriteError
+from lorakit.atomic import WriteError, write_json
 from lorakit.config import TrainConfig
 from lorakit.eval.measure import peak_memory_mb
-from lorakit.eval.run import (
-    chat_prompts_and_references,
-    evaluate_classification,
-    evaluate_generation,
-    evaluate_perplexity,
-    finite,
-)
+from lorakit.eval.passes import evaluate_perplexity, finite
+from lorakit.eval.splits import split_metrics, validation_metric
 from lorakit.train import distributed
 from lorakit.train.checkpoint import list_checkpoints
 from lorakit.train.fsdp import gathered
 from lorakit.train.loop import Run, build, fit, parameter_counts
-from lorakit.train.outputs import plot_confusion, plot_training, write_json, write_log_csv
-from lorakit.train.setup import memory_policy
-
-GENERATION_EXAMPLES = 200  # generation metrics are slow; perplexity uses the whole split
+from lorakit.train.memory import memory_policy
+from lorakit.train.outputs import plot_confusion, plot_training, write_log_csv
 
 
-def validation_metric(run: Run) -> float:
-    """The number tracked during training: validation accuracy, or perplexity for causal LM."""
-    pad = run.tokenizer.pad_token_id
-    if run.config.task == "classification":
-        return evaluate_classification(
-            run.model, run.data.validation, run.data.labels, pad, latency_samples=0
-        )["accuracy"]
-    return evaluate_perplexity(run.model, run.data.validation, pad)["perplexity"]
+def _scores(run: Run, split: str) -> dict:
+    return split_metrics(run.model, run.tokenizer, run.data, run.config.task, split)
 
 
-def test_metrics(run: Run, split: str = "test") -> dict:
-    """Full metrics on a split: classification report, or perplexity + generation quality."""
-    ds = getattr(run.data, split)
-    pad = run.tokenizer.pad_token_id
-    if run.config.task == "classification":
-        return evaluate_classification(run.model, ds, run.data.labels, pad)
-    out = evaluate_perplexity(run.model, ds, pad)
-    raw = run.data.raw[split]
-    n = min(len(raw), GENERATION_EXAMPLES)
-    if "messages" in raw.column_names:
-        prompts, refs = chat_prompts_and_references(run.tokenizer, raw.select(range(n))["messages"])
-    elif {"prompt", "response"} <= set(raw.column_names):
-        sub = raw.select(range(n))
-        if run.tokenizer.chat_template:
-            prompts, refs = chat_prompts_and_references(
-                run.tokenizer,
-                [
-                    [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
-                    for p, r in zip(sub["prompt"], sub["response"], strict=True)
-                ],
-            )
-        else:
-            prompts, refs = list(sub["prompt"]), list(sub["response"])
-    else:
-        return out
-    longest = max(len(run.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in refs)
-    out.update(
-        evaluate_generation(
-            run.model, run.tokenizer, prompts, refs, max_new_tokens=min(longest + 4, 128)
-        )
-    )
-    return out
+def _validation(run: Run) -> float:
+    return validation_metric(run.model, run.tokenizer, run.data, run.config.task)
 
 
 def train(config: TrainConfig, log=print, progress: bool = True, baseline: bool = False) -> dict:
@@ -114,8 +71,8 @@ def _train(config: TrainConfig, log, progress: bool, baseline: bool) -> dict:
 
 def _fit_and_report(run: Run, log, progress: bool, baseline: bool) -> dict:
     config = run.config
-    before = finite(test_metrics(run, "test")) if baseline else None
-    state = fit(run, validation_metric, log, progress)
+    before = finite(_scores(run, "test")) if baseline else None
+    state = fit(run, _validation, log, progress)
     metrics = {
         "method": config.method,
         "model": config.model,
@@ -132,11 +89,11 @@ def _fit_and_report(run: Run, log, progress: bool, baseline: bool) -> dict:
     }
     log("evaluating on the validation and test splits ...")
     metrics["validation"] = finite(
-        test_metrics(run, "validation")
+        _scores(run, "validation")
         if config.task == "classification"
         else evaluate_perplexity(run.model, run.data.validation, run.tokenizer.pad_token_id)
     )
-    metrics["test"] = finite(test_metrics(run, "test"))
+    metrics["test"] = finite(_scores(run, "test"))
     if before is not None:
         metrics["test_before"] = before
     if state.log:

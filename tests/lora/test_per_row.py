@@ -136,20 +136,20 @@ def test_bank_is_rebuilt_after_weights_change():
 
 def test_the_three_kernels_agree(monkeypatch):
     """grouped_mm, gather + bmm, and bmm straight on the bank give the same rows."""
-    from lorakit.lora import batching
+    from lorakit.lora import per_row
 
-    assert batching._grouped_mm is not None  # torch 2.13 has it on CPU: the fast path is real
+    assert per_row._grouped_mm is not None  # torch 2.13 has it on CPU: the fast path is real
     model = _many(tiny_llama, 6, dora_every=3)
     names = ["a3", None, "a0", "a3", "a5", "a1", "a2", "a4"]
     ids = torch.randint(3, VOCAB, (len(names), 5))
     calls = []
-    real = batching._grouped_mm
-    monkeypatch.setattr(batching, "_grouped_mm", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(batching, "_GROUPED_MIN_ROWS", 1)
+    real = per_row._grouped_mm
+    monkeypatch.setattr(per_row, "_grouped_mm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(per_row, "_GROUPED_MIN_ROWS", 1)
     with lorakit.adapter_per_row(model, names):
         grouped = logits(model, ids)
     assert calls
-    monkeypatch.setattr(batching, "_grouped_mm", None)
+    monkeypatch.setattr(per_row, "_grouped_mm", None)
     with lorakit.adapter_per_row(model, names):
         gathered = logits(model, ids)
     assert torch.allclose(grouped, gathered, atol=1e-5)
@@ -166,18 +166,22 @@ def test_the_three_kernels_agree(monkeypatch):
 
 
 def test_kernel_choice():
-    from lorakit.lora.batching import _group
+    from lorakit.lora.per_row import _group
 
     bank = ("a", "b", "c")
     every = _group(["c", "a", "b"], bank, "cpu")
-    assert every.aligned and every.distinct == 3 and not every.in_order
+    assert every.uniform == 1 and every.all_used and every.distinct == 3 and not every.in_order
     assert every.rows.tolist() == [1, 2, 0] and every.slot.tolist() == [0, 1, 2]
     some = _group(["a", None, "a", "c"], bank, "cpu")
-    assert not some.aligned and some.distinct == 2 and some.ends.tolist() == [2, 2, 3]
+    assert (
+        not (some.uniform == 1 and some.all_used)
+        and some.distinct == 2
+        and some.ends.tolist() == [2, 2, 3]
+    )
     assert _group(["a", "b", "c"], bank, "cpu").in_order
     pairs = _group(["b", "a", "b", "a"], bank, "cpu")  # two rows each on two of three slots
     assert pairs.uniform == 2 and not pairs.all_used and pairs.used.tolist() == [0, 1]
-    assert not pairs.aligned and pairs.rows.tolist() == [1, 3, 0, 2]
+    assert not (pairs.uniform == 1 and pairs.all_used) and pairs.rows.tolist() == [1, 3, 0, 2]
     assert _group(["a", "a", "b"], bank, "cpu").uniform == 0  # 2 rows and 1 row
 
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from lorakit.errors import AdapterNotFoundError, ConfigError
 from lorakit.lora.layer import LoraLayer, embed_scale
+from lorakit.lora.registry import list_adapters, lora_modules
 from lorakit.lora.saved_module import ModulesToSave
 
 _grouped_mm = getattr(F, "grouped_mm", None)
@@ -49,14 +50,12 @@ class Group:
     all_used: bool  # every slot of the bank has a row
     in_order: bool  # the sorted rows are 0..batch-1: no gather or scatter needed
 
-    @property
-    def aligned(self) -> bool:
-        """Exactly one row per slot of the bank: the bank itself is the per-row weight."""
-        return self.uniform == 1 and self.all_used
-
 
 @dataclass
 class RowPlan:
+    """What `adapter_per_row` installs as `rows` on every LoRA module (lora.layer.PerRow):
+    each batch row's adapter, and the forwards that honour it."""
+
     names: tuple[str | None, ...]  # adapter of each row
     slots: tuple[str | None, ...]  # distinct names, slot 0 = None (base): for ModulesToSave
     index: torch.Tensor  # [batch] slot of each row in `slots`
@@ -68,6 +67,24 @@ class RowPlan:
         if cached is None:
             cached = self.groups[key] = _group(self.names, bank_names, device)
         return cached
+
+    def layer_forward(self, layer: LoraLayer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return per_row_forward(layer, x, *args, **kwargs)
+
+    def saved_forward(self, wrapper: ModulesToSave, x: torch.Tensor, *args, **kwargs):
+        # Per-row: heads are small, so one call per distinct adapter over its rows.
+        index = self.index.to(x.device)
+        out = None
+        for slot, name in enumerate(self.slots):
+            rows = (index == slot).nonzero().flatten()
+            if rows.numel() == 0:
+                continue
+            module = wrapper.copies[name] if name in wrapper.copies else wrapper.original_module
+            part = module(x.index_select(0, rows), *args, **kwargs)
+            if out is None:
+                out = part.new_zeros((x.shape[0], *part.shape[1:]))
+            out.index_copy_(0, rows, part)
+        return out
 
 
 @dataclass
@@ -101,22 +118,7 @@ def _group(names, bank_names, device) -> Group:
     )
 
 
-def lora_modules(model: nn.Module) -> list[nn.Module]:
-    """LoraLayer and ModulesToSave modules, without walking into their adapters (which can
-    be thousands of modules with many adapters loaded)."""
-    found, stack = [], [model]
-    while stack:
-        module = stack.pop()
-        if isinstance(module, LoraLayer | ModulesToSave):
-            found.append(module)
-        else:  # a child slot may hold None (a module registered as absent)
-            stack.extend(m for m in module._modules.values() if m is not None)
-    return found
-
-
 def plan_rows(model: nn.Module, names: Sequence[str | None]) -> RowPlan:
-    from lorakit.lora.manage import list_adapters  # manage imports this module
-
     known = set(list_adapters(model))
     slots: list[str | None] = [None]
     for name in names:
@@ -136,7 +138,7 @@ def adapter_per_row(model: nn.Module, names: Sequence[str | None]) -> Iterator[N
 
     Overrides the active adapters for the duration; merged adapters must be unmerged first.
     """
-    layers = lora_modules(model)
+    layers = lora_modules(model, inside_saved=False)  # what a saved module holds runs as is
     plan = plan_rows(model, list(names))
     merged = {n for m in layers if isinstance(m, LoraLayer) for n in m.merged}
     if merged:

@@ -1,4 +1,5 @@
-"""Evaluation runs: a model (with or without adapter) on a tokenized split → metrics."""
+"""Evaluation passes: a model (with or without adapter) over a tokenized split → metrics;
+batched greedy generation and its latency."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ import torch
 from datasets import Dataset
 
 from lorakit.data import collate, length_grouped_batches, lengths_of
+from lorakit.eval.loss import IGNORE, causal_lm_loss
 from lorakit.eval.measure import Timer, peak_memory_mb, percentile
 from lorakit.eval.metrics import classification_metrics, generation_metrics, perplexity
-
-IGNORE = -100
 
 
 def _batches(ds: Dataset, batch_size: int, pad_id: int, device):
@@ -63,8 +63,6 @@ def _latency(model, ds: Dataset, pad_id: int, n: int) -> dict:
 @torch.no_grad()
 def evaluate_perplexity(model, ds: Dataset, pad_id: int, batch_size: int = 16) -> dict:
     """Perplexity over the labelled tokens (the LM head runs at those positions only)."""
-    from lorakit.train.loss import causal_lm_loss
-
     model.eval()
     device = next(model.parameters()).device
     nll, tokens = 0.0, 0

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lorakit.train import linear_ce
-from lorakit.train.linear_ce import linear_cross_entropy
+from lorakit.eval import linear_ce
+from lorakit.eval.linear_ce import linear_cross_entropy
 
 
 def _inputs(n=37, h=16, v=50, bias=True, seed=0):
@@ -85,8 +85,9 @@ def test_all_positions_ignored_gives_zero_not_nan():
 def test_a_quantized_head_is_read_a_block_of_rows_at_a_time(monkeypatch, bias):
     """A frozen int8 head (lorakit.models.quantize) stands in for the weight: same loss and
     hidden-state gradient as its dequantized weight, and the weight is never built whole."""
-    from lorakit.models import quantize as quantize_module
-    from lorakit.models.quantize import Int8Linear, quantize_int8
+    from lorakit.models import quant_layers
+    from lorakit.models.quant_codec import quantize_int8
+    from lorakit.models.quant_layers import Int8Linear
 
     hidden, weight, b, labels = _inputs(h=32, v=300, bias=bias)
     hidden, b = hidden.detach().float(), None if b is None else b.detach().float()
@@ -95,7 +96,7 @@ def test_a_quantized_head_is_read_a_block_of_rows_at_a_time(monkeypatch, bias):
     expected = F.cross_entropy(F.linear(reference, head.dequantized(), b), labels)
     expected.backward()
 
-    monkeypatch.setattr(quantize_module, "_CHUNK", 32 * 64)  # 64 vocabulary rows per block
+    monkeypatch.setattr(quant_layers, "CHUNK", 32 * 64)  # 64 vocabulary rows per block
     assert len(head.row_blocks()) == 5
 
     def whole(*args):

@@ -1,4 +1,5 @@
-"""Run set-up: output directory rules, device, model + method (lora / dora / full / head)."""
+"""A run's output directory: what it holds, what --overwrite must not delete, and the
+checks before any work (overwrite / resume); created only once inputs validate."""
 
 from __future__ import annotations
 
@@ -6,17 +7,11 @@ import contextlib
 import json
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from lorakit.allocator import large_blocks_returned
-from lorakit.atomic import check_replaceable, clean_temps, replace_dir
+from lorakit.atomic import check_replaceable, clean_temps, replace_dir, write_json
 from lorakit.config import TrainConfig
 from lorakit.errors import ConfigError, LorakitError, OutputExistsError
-from lorakit.lora import inject
 from lorakit.train.fingerprint import FILE as FINGERPRINT
 from lorakit.train.fingerprint import check_fingerprint, data_files, run_fingerprint
-from lorakit.train.outputs import write_json
 
 # Fields that may differ between a run and its resumption (checkpoints hold whole tensors,
 # so a DDP, FSDP or single-process run resumes any other).
@@ -118,89 +113,3 @@ def create_output(config: TrainConfig, fingerprint: dict | None = None) -> Path:
         write_json(directory / "config.json", config.model_dump(mode="json"))
 
     return replace_dir(out, "train", RUN_FILES, first_files)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA device is visible — use --device cpu or auto")
-    return torch.device(name)
-
-
-def wants_release_memory(config: TrainConfig, device: torch.device) -> bool:
-    """`release_memory` resolved: None means on for a CPU run that asked for low memory in
-    another way (quantize, activation_checkpointing)."""
-    if config.release_memory is not None:
-        return config.release_memory
-    low = config.quantize != "none" or config.activation_checkpointing
-    return device.type == "cpu" and low
-
-
-def memory_policy(config: TrainConfig):
-    """Context for a whole run: freed CPU memory goes back to the system while it lasts when
-    `wants_release_memory` (see lorakit/allocator.py). Yields whether the policy is on."""
-    return large_blocks_returned(wants_release_memory(config, resolve_device(config.device)))
-
-
-def head_name(model: nn.Module, task: str) -> str:
-    """The output head's module name: a classifier ('classifier', 'score', ...) or the LM head."""
-    if task == "causal-lm":
-        head = model.get_output_embeddings()
-        return next(n for n, m in model.named_modules() if m is head)
-    for name in ("classifier", "score", "head", "classification_head"):
-        if isinstance(getattr(model, name, None), nn.Module):
-            return name
-    raise ConfigError(f"cannot find the classification head of {type(model).__name__}")
-
-
-def apply_method(model: nn.Module, config: TrainConfig) -> nn.Module:
-    """Make exactly the parameters of `config.method` trainable (the fair-comparison switch)."""
-    _method(model, config)
-    if config.activation_checkpointing:
-        enable_activation_checkpointing(model)
-    return model
-
-
-def enable_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute each layer's activations in backward (transformers' per-layer checkpoints).
-
-    Non-reentrant torch.utils.checkpoint: it works with frozen inputs (LoRA) and keeps the
-    RNG state, so a run with dropout gives the same numbers with or without it.
-    """
-    if not getattr(model, "supports_gradient_checkpointing", False):
-        raise ConfigError(
-            f"{type(model).__name__} does not support activation checkpointing — "
-            "drop --activation-checkpointing"
-        )
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def _method(model: nn.Module, config: TrainConfig) -> nn.Module:
-    if config.model_dropout is not None:
-        # Every nn.Dropout of the model; attention implementations read the same modules' p.
-        for module in model.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = config.model_dropout
-    if config.method in ("lora", "dora"):
-        saved = [head_name(model, config.task)] if config.task == "classification" else None
-        inject(model, config.lora_config(modules_to_save=saved))
-        if config.quantize != "none":  # after inject: LoRA layers wrap the quantized bases
-            from lorakit.models.quantize import quantize
-
-            quantize(model, config.quantize)
-        return model
-    if config.method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    head = model.get_submodule(head_name(model, config.task))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in head.parameters():
-        p.requires_grad_(True)
-    return model

@@ -1,4 +1,6 @@
-"""Losses that compute only what is used: the LM head runs on labelled positions only."""
+"""Losses that compute only what is used: the LM head runs on labelled positions only.
+
+Training minimises them; evaluation reports them (perplexity is exp of the LM loss)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.device import is_sharded
+from lorakit.eval.linear_ce import linear_cross_entropy
+from lorakit.lora.heads import output_head
 from lorakit.lora.layer import is_quantized
-from lorakit.train.fsdp import is_sharded
-from lorakit.train.linear_ce import linear_cross_entropy
 
 IGNORE = -100
 # config fields of models whose forward rescales or caps the head's output (Gemma 2/3, Cohere, ...)
@@ -33,7 +36,7 @@ def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
         return None  # FSDP: only the model's own forward gathers its embeddings and head
     prefix = getattr(model, "base_model_prefix", None)
     body = getattr(model, prefix, None) if prefix else None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = output_head(model)
     return (body, head) if body is not None and head is not None else None
 
 

@@ -7,16 +7,16 @@ from dataclasses import dataclass
 from datasets import Dataset
 
 from lorakit.config import TrainConfig
-from lorakit.data import (
+from lorakit.data.formats import (
     detect_lm_format,
     encode_chat,
     encode_classification,
     encode_prompt_response,
     encode_text,
     label_names,
-    load_table,
     tweets_as_chat,
 )
+from lorakit.data.load import load_table
 from lorakit.data.split import SplitStats
 from lorakit.data.tweets import LABEL_COLUMN as TWEETS_LABEL
 from lorakit.data.tweets import TEXT_COLUMN as TWEETS_TEXT

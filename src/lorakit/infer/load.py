@@ -1,0 +1,45 @@
+"""A model loaded for use: the base, its adapter active, the task and label names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorakit.adapters import load_adapter, read_config, read_labels
+from lorakit.errors import ConfigError
+from lorakit.models.load import load_model
+
+_TASK_OF = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}
+
+
+def adapter_task(
+    adapter: str | Path, *, confine: bool = False
+) -> tuple[str | None, list[str] | None]:
+    """(task, label names) recorded with an adapter directory. A malformed adapter_config.json
+    or labels.json raises AdapterFormatError; `confine`: both must be regular files inside the
+    directory (no symlinks out of it)."""
+    raw = read_config(Path(adapter), confine=confine)
+    labels = read_labels(Path(adapter), confine=confine)
+    return _TASK_OF.get(raw.get("task_type")), labels
+
+
+def load_for_inference(model: str, adapter: str | Path | None = None, task: str | None = None):
+    """(model, tokenizer, task, label names) with the adapter loaded and active."""
+    labels = None
+    if adapter is not None:
+        adapter_kind, labels = adapter_task(adapter)
+        if task and adapter_kind and task != adapter_kind:
+            raise ConfigError(
+                f"--task {task} but the adapter was trained for {adapter_kind} — drop --task"
+            )
+        task = task or adapter_kind
+    task = task or "causal-lm"
+    loaded, tokenizer = load_model(model, task, label_names=labels)
+    if adapter is not None:
+        load_adapter(loaded, adapter)
+    loaded.eval()
+    return loaded, tokenizer, task, labels or _config_labels(loaded)
+
+
+def _config_labels(model) -> list[str] | None:
+    id2label = getattr(getattr(model, "config", None), "id2label", None)
+    return [id2label[i] for i in sorted(id2label)] if id2label else None

@@ -1,0 +1,73 @@
+"""`lorakit merge`: an adapter merged into its base, written as a plain transformers directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lorakit.atomic import atomic_dir, check_replaceable
+from lorakit.errors import ConfigError, OutputExistsError
+from lorakit.infer.load import load_for_inference
+from lorakit.lora import merge_and_unload
+
+
+def merge_to_directory(
+    model: str,
+    adapter: str | Path,
+    output: str | Path,
+    overwrite: bool = False,
+    dequantize: bool = False,
+) -> Path:
+    """Merge `adapter` into `model` and write a plain transformers directory (safetensors).
+
+    The base is read from disk in full precision, so an adapter trained on a quantized base
+    merges into W (W + s B A, the usual QLoRA practice). `dequantize`: merge into the base as
+    training saw it instead — quantized the way the adapter's run did, then dequantized
+    (W_q + s B A) — so the merged model reproduces the trained model's outputs.
+    """
+    out = Path(output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # refused before the work
+        if not overwrite:
+            raise OutputExistsError(
+                f"{out} already exists — pass --overwrite to replace it, or pick another --output"
+            )
+        check_replaceable(out, _merge_inputs(model, adapter))
+    mode = trained_quantization(adapter) if dequantize else None
+    loaded, tokenizer, _, _ = load_for_inference(model, adapter)
+    if mode is not None:
+        from lorakit.models.quantize import dequantize as to_plain
+        from lorakit.models.quantize import quantize
+
+        to_plain(quantize(loaded, mode))
+    plain = merge_and_unload(loaded)
+    # marked as lorakit's (listing its files), so a later --overwrite may replace it
+    with atomic_dir(output, overwrite=True, kind="merge") as tmp:  # checked above
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return Path(output)
+
+
+def _merge_inputs(model: str, adapter: str | Path) -> dict:
+    """What a merge's --overwrite must not delete: the adapter, the base, lorakit's cache."""
+    import contextlib
+
+    from lorakit.errors import LorakitError
+    from lorakit.models.load import resolve_model
+    from lorakit.models.paths import cache_dir
+
+    paths = {"the adapter": Path(adapter), "lorakit's cache": cache_dir()}
+    with contextlib.suppress(LorakitError):  # a bad name is reported by the load that follows
+        paths["the base model"] = resolve_model(model).path
+    return paths
+
+
+def trained_quantization(adapter: str | Path) -> str:
+    """The `quantize` mode an adapter was trained with (its lorakit_train_config.json)."""
+    path = Path(adapter) / "lorakit_train_config.json"
+    mode = json.loads(path.read_text()).get("quantize", "none") if path.is_file() else "none"
+    if mode == "none":
+        raise ConfigError(
+            f"--dequantize: {adapter} was not trained on a quantized base (no quantize in "
+            f"{path.name}) — drop --dequantize"
+        )
+    return mode

@@ -101,14 +101,16 @@ def test_deadline_disconnect_and_health(llama_model_dir, monkeypatch):
             r = httpx.post(url + "/v1/completions", json=body, timeout=30)
             assert r.status_code == 408 and r.json()["error"]["code"] == "request_timeout"
             # the engine is stuck with work waiting: /health says so
+            later = {}
             waiting = threading.Thread(
-                target=httpx.post, args=(url + "/v1/completions",), kwargs={"json": body}
-            )
+                target=lambda: later.update(r=httpx.post(url + "/v1/completions", json=body, timeout=30))
+            )  # fmt: skip
             waiting.start()
             time.sleep(0.6)
             health = httpx.get(url + "/health")
             assert health.status_code == 503 and "no progress" in health.json()["reason"]
             waiting.join(30)
+        assert later["r"].status_code == 408  # it waited past its deadline too
         assert httpx.get(url + "/health").status_code == 200
         assert httpx.post(url + "/v1/completions", json=body, timeout=30).status_code == 200
 

@@ -84,6 +84,22 @@ def proc_status_mb(pid: int, field_name: str = "VmRSS") -> float:
     raise RuntimeError(f"no {field_name} in /proc/{pid}/status")
 
 
+def wait_until_listening(proc: subprocess.Popen, timeout: float) -> tuple[str, list[str]]:
+    """(the URL `lorakit serve` announces, its output up to then); kills it if it never does."""
+    url, lines, deadline = None, [], time.time() + timeout
+    while url is None and time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        if "listening on " in line:
+            url = line.split("listening on ")[1].split()[0]
+    if url is None:
+        proc.kill()
+        raise RuntimeError("server did not start:\n" + "".join(lines))
+    return url, lines
+
+
 def start_server(
     model_dir: Path,
     adapters: dict[str, Path],
@@ -103,17 +119,7 @@ def start_server(
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
-    url, lines, deadline = None, [], time.time() + timeout
-    while url is None and time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        lines.append(line)
-        if "listening on " in line:
-            url = line.split("listening on ")[1].split()[0]
-    if url is None:
-        proc.kill()
-        raise RuntimeError("server did not start:\n" + "".join(lines))
+    url, lines = wait_until_listening(proc, timeout)
     served = Served(proc, url, Path(model_dir).name, dict(adapters), allowed, log=lines)
 
     def drain():

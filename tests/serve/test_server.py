@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +18,7 @@ import torch
 
 import lorakit
 from lorakit.models.load import load_model
+from reliability.server_fixtures import wait_until_listening
 
 KEY = "test-key-0123456789"
 PAGE = Path(__file__).parents[2] / "examples" / "empathetic-chat" / "index.html"
@@ -79,15 +79,7 @@ def served(tmp_path_factory, smollm2):
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
-    url, lines, deadline = None, [], time.time() + 180
-    while url is None and time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        lines.append(line)
-        if "listening on " in line:
-            url = line.split("listening on ")[1].split()[0]
-    assert url, "server did not start:\n" + "".join(lines)
+    url, _ = wait_until_listening(proc, 180)
     try:
         yield {
             "url": url,

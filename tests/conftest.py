@@ -103,6 +103,22 @@ def qa_jsonl(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def prefs_jsonl(tmp_path_factory):
+    """Preference pairs (TRL's prompt / chosen / rejected) with a learnable preference: the
+    chosen answer shouts the prompt's word, the rejected one says it quietly."""
+    import json
+
+    path = tmp_path_factory.mktemp("data") / "prefs.jsonl"
+    words = POSITIVE + NEGATIVE
+    with open(path, "w") as f:
+        for i in range(160):
+            w = words[i % len(words)]
+            pair = {"prompt": f"Shout {w} #{i}", "chosen": w.upper(), "rejected": w}
+            f.write(json.dumps(pair) + "\n")
+    return path
+
+
 # -- the real SmolLM2, converted once per test session ----------------------------------
 
 PROBE = [{"role": "user", "content": "Is a self-driving car safe?"}]

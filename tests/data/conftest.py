@@ -1,4 +1,5 @@
-"""Fixtures for the data tests: the tiny tokenizer, tiny Llama, and the real MiniLM tokenizer."""
+"""Fixtures for the data tests: the tiny tokenizer, tiny Llama, and the real MiniLM and
+SmolLM2 tokenizers."""
 
 from __future__ import annotations
 
@@ -30,3 +31,12 @@ def minilm_tokenizer():
     from lorakit.models.paths import alias_path
 
     return AutoTokenizer.from_pretrained(alias_path("minilm"), local_files_only=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2):
+    """The real SmolLM2-135M-Instruct tokenizer (with its chat template), from the session's
+    conversion of the packaged GGUF."""
+    from lorakit.models.load import load_tokenizer
+
+    return load_tokenizer(smollm2["dir"])

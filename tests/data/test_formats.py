@@ -4,7 +4,6 @@ from datasets import Dataset, DatasetDict
 from lorakit.data.formats import (
     IGNORE,
     chat_example,
-    detect_lm_format,
     encode_chat,
     encode_classification,
     encode_prompt_response,
@@ -144,11 +143,3 @@ def test_tweets_instruction_format(tokenizer):
         "<|im_start|>user\nClassify the sentiment of this tweet as positive, neutral or negative.\n"
         "Tweet: meh\nSentiment:<|im_end|>\n<|im_start|>assistant\nneutral<|im_end|>\n"
     )
-
-
-def test_detect_lm_format():
-    assert detect_lm_format(["messages", "text"]) == "chat"
-    assert detect_lm_format(["prompt", "response", "id"]) == "prompt-response"
-    assert detect_lm_format(["text"]) == "text"
-    with pytest.raises(DataError, match="no causal-LM columns among"):
-        detect_lm_format(["question", "answer"])

@@ -108,3 +108,33 @@ def test_a_quantized_head_is_read_a_block_of_rows_at_a_time(monkeypatch, bias):
     loss.backward()
     assert abs(loss.item() - expected.item()) < 1e-5
     assert torch.allclose(hidden.grad, reference.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_elements", [50 * 7, 1 << 24])  # 7 rows per chunk, all at once
+def test_per_token_nll_of_a_frozen_head_matches_the_plain_one(monkeypatch, chunk_elements):
+    # what DPO / ORPO sum per sequence: each row's loss, each row's own gradient weight
+    from lorakit.eval.linear_ce import linear_token_nll
+
+    monkeypatch.setattr(linear_ce, "CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(linear_ce, "chunk_rows", lambda v: max(1, linear_ce.CHUNK_ELEMENTS // v))
+    hidden, weight, bias, labels = _inputs()
+    weight.requires_grad_(False)
+    bias.requires_grad_(False)
+    labels = labels.clamp(min=0)  # every row scored
+    upstream = torch.randn(len(labels), dtype=torch.float64)  # a different weight per row
+    ours = linear_token_nll(hidden, weight, labels, bias)
+    (ours * upstream).sum().backward()
+    got = hidden.grad.clone()
+    hidden.grad = None
+    ref = F.cross_entropy(F.linear(hidden, weight, bias), labels, reduction="none")
+    (ref * upstream).sum().backward()
+    assert ours.shape == ref.shape and torch.allclose(ours, ref, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(got, hidden.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_per_token_nll_refuses_a_head_that_trains():
+    from lorakit.eval.linear_ce import linear_token_nll
+
+    hidden, weight, bias, labels = _inputs()
+    with pytest.raises(ValueError, match="frozen head"):
+        linear_token_nll(hidden, weight, labels.clamp(min=0), bias)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lorakit.data.formats import detect_lm_format
+from lorakit.data.detect import detect_format
 from lorakit.data.load import load_table
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "empathetic-chat"
@@ -25,7 +25,7 @@ def test_make_data_writes_a_chat_file_per_mood(tmp_path, monkeypatch):
             assert user["role"] == "user" and user["content"].strip()
             assert bot["role"] == "assistant" and bot["content"] in replies[mood]
         splits, _ = load_table(str(tmp_path / f"{mood}.jsonl"))
-        assert detect_lm_format(splits["train"].column_names) == "chat"
+        assert detect_format(splits["train"]).format == "messages"
 
 
 @pytest.mark.parametrize("script", ["train.sh", "serve.sh"])

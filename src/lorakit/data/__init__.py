@@ -1,4 +1,5 @@
-"""Data: loading (via `datasets`), the default `tweets`, task formats, batching and packing."""
+"""Data: loading (via `datasets`), the default `tweets`, task formats and their detection,
+preference pairs, mixing several sources, batching and packing."""
 
 from lorakit.data.batching import (
     block_causal_mask,
@@ -9,10 +10,10 @@ from lorakit.data.batching import (
     make_collate,
     pack,
 )
+from lorakit.data.detect import Detected, detect_format
 from lorakit.data.formats import (
     IGNORE,
     chat_example,
-    detect_lm_format,
     encode_chat,
     encode_classification,
     encode_prompt_response,
@@ -22,13 +23,16 @@ from lorakit.data.formats import (
     tweet_prompt,
     tweets_as_chat,
 )
-from lorakit.data.load import check_classes, check_columns, load_table, read_file
+from lorakit.data.load import check_classes, check_columns, load_table, read_file, read_parts
+from lorakit.data.preference import PreferenceExample, encode_preference, preference_examples
 from lorakit.data.split import SPLITS, SplitStats, dedupe_and_split, split_of
 from lorakit.data.tweets import load_tweets
 
 __all__ = [
     "IGNORE",
     "SPLITS",
+    "Detected",
+    "PreferenceExample",
     "SplitStats",
     "block_causal_mask",
     "chat_example",
@@ -37,9 +41,10 @@ __all__ = [
     "collate",
     "collate_packed",
     "dedupe_and_split",
-    "detect_lm_format",
+    "detect_format",
     "encode_chat",
     "encode_classification",
+    "encode_preference",
     "encode_prompt_response",
     "encode_text",
     "label_names",
@@ -49,7 +54,9 @@ __all__ = [
     "load_tweets",
     "make_collate",
     "pack",
+    "preference_examples",
     "read_file",
+    "read_parts",
     "split_of",
     "tweet_messages",
     "tweet_prompt",

@@ -6,13 +6,15 @@
 - causal LM, chat `messages` ([{role, content}, ...]) rendered with the tokenizer's chat
   template: loss on the assistant turns only. The turns are found by rendering the
   conversation prefix by prefix, so no `{% generation %}` support is needed in the template.
+
+Alpaca, ShareGPT and preference data are brought to one of these forms first
+(lorakit.data.convert); lorakit.data.detect says which format a table holds.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal
 
 from datasets import Dataset, DatasetDict
 
@@ -23,7 +25,6 @@ from lorakit.errors import DataError
 log = logging.getLogger(__name__)
 IGNORE = -100  # the label that torch's cross_entropy (and transformers' losses) skip
 TWEET_INSTRUCTION = "Classify the sentiment of this tweet as positive, neutral or negative."
-LmFormat = Literal["text", "prompt-response", "chat"]
 
 
 def label_names(ds: Dataset | DatasetDict, label_column: str) -> list[str]:
@@ -109,14 +110,24 @@ def encode_prompt_response(
             for p, r in zip(prompts, responses, strict=True)
         ]
         return _encode_chats(tokenizer, chats, max_length)
-    prompt_ids = tokenizer(prompts)["input_ids"]
-    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
-    ids, labels = [], []
+    pairs = prompt_response_examples(tokenizer, prompts, responses)
+    return _lm_dataset([x[:max_length] for x, _ in pairs], [y[:max_length] for _, y in pairs])
+
+
+def prompt_response_examples(
+    tokenizer, prompts: Sequence[str], responses: Sequence[str]
+) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of each prompt + response + EOS, labels IGNORE on the prompt
+    (untruncated; no chat template)."""
+    if not prompts:
+        return []  # tokenizers reject an empty batch
+    prompt_ids = tokenizer(list(prompts))["input_ids"]
+    response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    out = []
     for p, r in zip(prompt_ids, response_ids, strict=True):
         r = _with_eos(r, tokenizer)
-        ids.append((p + r)[:max_length])
-        labels.append(([IGNORE] * len(p) + r)[:max_length])
-    return _lm_dataset(ids, labels)
+        out.append((p + r, [IGNORE] * len(p) + r))
+    return out
 
 
 def encode_chat(
@@ -127,8 +138,13 @@ def encode_chat(
     return _encode_chats(tokenizer, column(ds, messages_column), max_length)
 
 
-def chat_example(tokenizer, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
+def chat_example(
+    tokenizer, messages: Sequence[dict], first: int = 0
+) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one conversation, labels IGNORE outside assistant turns.
+
+    first: the index of the first message that may be trained on; assistant turns before it
+    are context (a preference pair's prompt history).
 
     An assistant turn spans from the end of the prefix rendered with the generation prompt
     (`...<|im_start|>assistant\n`) to the end of the prefix that includes the turn (its
@@ -136,11 +152,13 @@ def chat_example(tokenizer, messages: Sequence[dict]) -> tuple[list[int], list[i
     their character offsets in the full rendering, so BPE merges across turn boundaries
     cannot shift the mask.
     """
-    full, spans = _chat_spans(tokenizer, messages)
+    full, spans = _chat_spans(tokenizer, messages, first)
     return _label_spans(tokenizer, [full], [spans])[0]
 
 
-def _chat_spans(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
+def _chat_spans(
+    tokenizer, messages: Sequence[dict], first: int = 0
+) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns."""
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(
@@ -151,7 +169,7 @@ def _chat_spans(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tuple[in
     full = _render(tokenizer, messages, generation_prompt=False)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or i < first:
             continue
         start_text = _render(tokenizer, messages[:i], generation_prompt=True) if i else ""
         end_text = _render(tokenizer, messages[: i + 1], generation_prompt=False)
@@ -169,6 +187,8 @@ def _chat_spans(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tuple[in
 
 def _label_spans(tokenizer, texts: list[str], spans: list[list[tuple[int, int]]]):
     """Tokenize `texts` in one batch; label the tokens that start inside a span."""
+    if not texts:
+        return []  # tokenizers reject an empty batch
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     out = []
     for ids, offsets, text_spans in zip(
@@ -205,33 +225,26 @@ def tweets_as_chat(
     return Dataset.from_dict({"messages": messages, label_column: labels})
 
 
-def detect_lm_format(column_names: Sequence[str]) -> LmFormat:
-    """Which causal-LM format a table holds: messages > prompt/response > text."""
-    if "messages" in column_names:
-        return "chat"
-    if "prompt" in column_names and "response" in column_names:
-        return "prompt-response"
-    if "text" in column_names:
-        return "text"
-    raise DataError(
-        f"no causal-LM columns among {list(column_names)} — give a 'text' column, 'prompt' and "
-        "'response' columns, or a 'messages' column of [{role, content}] lists"
-    )
-
-
 def _encode_chats(tokenizer, chats: Sequence[Sequence[dict]], max_length: int) -> Dataset:
+    pairs = chat_examples(tokenizer, chats)
+    return _lm_dataset([x[:max_length] for x, _ in pairs], [y[:max_length] for _, y in pairs])
+
+
+def chat_examples(
+    tokenizer, chats: Sequence[Sequence[dict]], firsts: Sequence[int] | None = None
+) -> list[tuple[list[int], list[int]]]:
+    """chat_example of each conversation (untruncated), tokenized in one batch."""
     rendered = []
     for i, messages in enumerate(chats):
         try:
-            rendered.append(_chat_spans(tokenizer, messages))
+            rendered.append(_chat_spans(tokenizer, messages, firsts[i] if firsts else 0))
         except ChatTemplateError as exc:
             roles = [m.get("role") for m in messages if isinstance(m, dict)]
             raise DataError(
                 f"the chat template rejected conversation {i + 1} (roles {roles}): {exc.reason} "
                 "— fix the data to the form the model's template accepts, or use another model"
             ) from None
-    pairs = _label_spans(tokenizer, [r[0] for r in rendered], [r[1] for r in rendered])
-    return _lm_dataset([x[:max_length] for x, _ in pairs], [y[:max_length] for _, y in pairs])
+    return _label_spans(tokenizer, [r[0] for r in rendered], [r[1] for r in rendered])
 
 
 def _lm_dataset(ids: list[list[int]], labels: list[list[int]]) -> Dataset:
@@ -285,6 +298,6 @@ def _clean_message(message) -> dict:
     if not isinstance(message, dict) or "role" not in message or "content" not in message:
         raise DataError(
             f"chat messages must be {{'role': ..., 'content': ...}} objects, got {message!r:.80} "
-            "— convert the data (ShareGPT's from/value: role=from, content=value)"
+            "— fix the data, or read ShareGPT's from/value messages with --format sharegpt"
         )
     return {k: v for k, v in message.items() if v is not None}

@@ -1,20 +1,24 @@
-"""The user's tables (CSV, TSV, JSON, JSONL, Parquet) -> deduplicated train/validation/test.
+"""The user's tables (CSV, TSV, JSON, JSONL, Parquet files; datasets' save_to_disk
+directories and cached datasets, see lorakit.data.stored) -> deduplicated train/validation/test.
 
 Files are read with `datasets`; everything a user can get wrong becomes a DataError that says
 how to fix it. One file is split deterministically like the default data (lorakit.data.split);
-a directory of train/validation/test files, or a mapping of them, keeps the given splits.
+a directory of train/validation/test files, a mapping of them, or a saved / cached
+DatasetDict keeps the given splits.
 """
 
 from __future__ import annotations
 
 import codecs
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 from datasets import Dataset, DatasetDict
 
-from lorakit.data.split import DEFAULT_FRACTIONS, SplitStats, column, dedupe_and_split
+from lorakit.data.split import DEFAULT_FRACTIONS, SPLIT_STEMS, SplitStats, column, dedupe_and_split
+from lorakit.data.stored import HUB_NAME, cached_dataset, is_saved_dataset, not_found, read_saved
 from lorakit.errors import DataError
 from lorakit.quiet import silenced
 
@@ -26,9 +30,6 @@ FORMATS: dict[str, tuple[str, dict]] = {
     ".jsonl": ("json", {}),
     ".parquet": ("parquet", {}),
 }
-# file stems recognised as splits inside a data directory
-SPLIT_STEMS = {"train": "train", "validation": "validation", "valid": "validation"}
-SPLIT_STEMS |= {"val": "validation", "dev": "validation", "test": "test"}
 
 
 def read_file(path: str | Path, encoding: str = "utf-8") -> Dataset:
@@ -142,6 +143,64 @@ def find_split_files(directory: str | Path) -> dict[str, Path]:
     return found
 
 
+@dataclass(frozen=True)
+class Part:
+    """One given split of a source: its table and how errors name it."""
+
+    name: str  # the file name, or `source[split]` for saved and cached datasets
+    table: Dataset
+
+
+def read_parts(source: str | Path | Mapping[str, str | Path], encoding: str = "utf-8"):
+    """{split: Part} of a file, a directory (split files, or a datasets save_to_disk), a
+    mapping {split: file}, or the name of a dataset in the local HF datasets cache."""
+    if isinstance(source, Mapping):
+        files = {str(k): Path(v).expanduser() for k, v in source.items()}
+    else:
+        path = Path(source).expanduser()
+        if path.is_dir() and is_saved_dataset(path):
+            return _named(read_saved(path), path.name)
+        if path.is_dir():
+            files = find_split_files(path)
+        elif path.exists() or path.suffix.lower() in FORMATS or not HUB_NAME.match(str(source)):
+            files = {"train": path}  # a path (read_file says when it is missing)
+        else:
+            cached = cached_dataset(str(source))
+            if cached is None:
+                raise not_found(str(source))
+            return _named(cached, str(source))
+    if "train" not in files:
+        raise DataError(f"no train file among {sorted(files)} — give a train file")
+    return {split: Part(f.name, read_file(f, encoding)) for split, f in files.items()}
+
+
+def _named(tables: Mapping[str, Dataset], where: str) -> dict[str, Part]:
+    for split, ds in tables.items():
+        if len(ds) == 0:
+            raise DataError(f"{where}[{split}] has no rows — add rows to it")
+    return {split: Part(f"{where}[{split}]", ds) for split, ds in tables.items()}
+
+
+def split_parts(
+    parts: Mapping[str, Part],
+    *,
+    key_columns: Sequence[str] | None = None,
+    label_column: str | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    split_columns: Sequence[str] | None = None,
+) -> tuple[DatasetDict, SplitStats]:
+    """Deduplicated train/validation/test of read parts (see load_table; split_columns:
+    see dedupe_and_split)."""
+    tables = {split: part.table for split, part in parts.items()}
+    keys = key_columns or [c for c in tables["train"].column_names if c != label_column]
+    for part in parts.values():
+        check_columns(part.table, [*keys, label_column], source=part.name)
+    out, stats = dedupe_and_split(tables, keys, label_column, fractions, seed, split_columns)
+    _check_split(out, stats, label_column)
+    return out, stats
+
+
 def load_table(
     source: str | Path | Mapping[str, str | Path],
     *,
@@ -151,33 +210,32 @@ def load_table(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
 ) -> tuple[DatasetDict, SplitStats]:
-    """Deduplicated train/validation/test from 'tweets', a file, a directory or {split: file}.
+    """Deduplicated train/validation/test from 'tweets' or any source read_parts reads.
 
     key_columns: the columns that identify a row for deduplication and splitting (default:
     every column but `label_column`). label_column: set for classification; texts seen with
     different labels are dropped and at least two classes must remain.
     Splits missing from a directory or mapping are carved out of train by hashing.
     """
-    if isinstance(source, str) and source == "tweets":
-        from lorakit.data.tweets import load_tweets
+    if not (isinstance(source, str) and source == "tweets"):
+        parts = read_parts(source, encoding)
+        return split_parts(
+            parts,
+            key_columns=key_columns,
+            label_column=label_column,
+            fractions=fractions,
+            seed=seed,
+        )
+    from lorakit.data.tweets import load_tweets
 
-        out, stats = load_tweets(fractions, seed)
-        check_columns(out["train"], [*(key_columns or []), label_column], source="tweets")
-    else:
-        if isinstance(source, Mapping):
-            files = {str(k): Path(v).expanduser() for k, v in source.items()}
-        else:
-            path = Path(source).expanduser()
-            files = find_split_files(path) if path.is_dir() else {"train": path}
-        if "train" not in files:
-            raise DataError(f"no train file among {sorted(files)} — give a train file")
-        parts = {split: read_file(f, encoding) for split, f in files.items()}
-        keys = key_columns or [c for c in parts["train"].column_names if c != label_column]
-        for split, ds in parts.items():
-            check_columns(ds, [*keys, label_column], source=f"{files[split].name}")
-        out, stats = dedupe_and_split(parts, keys, label_column, fractions, seed)
+    out, stats = load_tweets(fractions, seed)
+    check_columns(out["train"], [*(key_columns or []), label_column], source="tweets")
+    _check_split(out, stats, label_column)
+    return out, stats
+
+
+def _check_split(out: DatasetDict, stats: SplitStats, label_column: str | None) -> None:
     if len(out["train"]) == 0:
         raise DataError(f"no training rows left: {stats.summary()} — check the data")
     if label_column:
         check_classes(out["train"], label_column)
-    return out, stats

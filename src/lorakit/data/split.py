@@ -19,6 +19,9 @@ from lorakit.errors import ConfigError
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+# split names recognised in a data directory (file stems) or a saved / cached DatasetDict
+SPLIT_STEMS = {"train": "train", "validation": "validation", "valid": "validation"}
+SPLIT_STEMS |= {"val": "validation", "dev": "validation", "test": "test"}
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,12 @@ class SplitStats:
 
 
 def column(ds: Dataset, name: str) -> list:
-    """A column as a Python list (arrow's to_pylist: ~60x faster than iterating rows)."""
-    return ds.with_format("arrow")[name].to_pylist()
+    """A column as a Python list (arrow's to_pylist: ~60x faster than iterating rows).
+
+    Values stored as JSON (datasets' Json feature: e.g. chat messages whose key sets differ
+    between messages) are decoded; every other column comes back as arrow gives it.
+    """
+    return ds.features.decode_column(ds.with_format("arrow")[name].to_pylist(), name)
 
 
 def normalize_text(value) -> str:
@@ -81,6 +88,7 @@ def dedupe_and_split(
     label_column: str | None = None,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
+    split_columns: Sequence[str] | None = None,
 ) -> tuple[DatasetDict, SplitStats]:
     """Deduplicate `parts` together and return train/validation/test.
 
@@ -93,6 +101,11 @@ def dedupe_and_split(
     rows are ordered by a hash of their key: source files are often sorted (the tweets CSV
     is sorted by label), and any prefix of a split (max_train_samples, a quick evaluation)
     must be a fair sample of it.
+
+    split_columns: the columns whose key decides a row's split (default: key_columns), a
+    subset of key_columns: preference pairs are deduplicated on the whole pair but split on
+    their prompt + chosen answer, so they land where supervised training on the same file
+    puts them, and two pairs with one chosen answer stay in one split.
     """
     fractions = check_fractions(fractions)
     given = [s for s in SPLITS if s in parts]
@@ -104,20 +117,21 @@ def dedupe_and_split(
 
     # pass 1: keys and labels of every row; the labels each key was seen with
     rows, empty = 0, 0
-    keyed: dict[str, list[tuple[str, object] | None]] = {}
+    keyed: dict[str, list[tuple[str, object, str] | None]] = {}
     labels_of: dict[str, set] = {}
     for part in given:
         ds = parts[part]
         keys = _keys(ds, key_columns)
+        homes = _keys(ds, split_columns) if split_columns is not None else keys
         labels = column(ds, label_column) if label_column else [None] * len(keys)
         rows += len(keys)
         keyed[part] = []
-        for key, label in zip(keys, labels, strict=True):
+        for key, label, where in zip(keys, labels, homes, strict=True):
             if not key or (label_column and (label is None or str(label).strip() == "")):
                 empty += 1
                 keyed[part].append(None)
                 continue
-            keyed[part].append((key, label))
+            keyed[part].append((key, label, where))
             labels_of.setdefault(key, set()).add(label)
 
     # pass 2: each key's home split — a given evaluation file wins, else the hash decides
@@ -125,7 +139,7 @@ def dedupe_and_split(
     for part in ("test", "validation"):
         for item in keyed.get(part, []):
             if item is not None:
-                home.setdefault(item[0], part)
+                home.setdefault(item[2], part)
     chosen: dict[str, list[int]] = {s: [] for s in SPLITS}
     sources = {s: (s if s in parts else "train") for s in SPLITS}
     kept: set[str] = set()
@@ -134,11 +148,11 @@ def dedupe_and_split(
         for index, item in enumerate(keyed[part]):
             if item is None:
                 continue
-            key = item[0]
+            key, where = item[0], item[2]
             if len(labels_of[key]) > 1:
                 conflicts += 1
                 continue
-            split = home.get(key) or split_of(key, hashed_fractions, seed)
+            split = home.get(where) or split_of(where, hashed_fractions, seed)
             if sources[split] != part or key in kept:
                 continue  # a duplicate, or a copy of an evaluation text inside train
             kept.add(key)

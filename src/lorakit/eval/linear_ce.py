@@ -99,3 +99,54 @@ def linear_cross_entropy(
     if reduction != "mean":
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     return total / (labels != IGNORE).sum().clamp(min=1)
+
+
+class _LinearTokenNLL(torch.autograd.Function):
+    """Per-row cross-entropy [N] of a frozen head: each row's gradient with respect to its
+    hidden state is computed in forward and scaled by that row's incoming gradient in
+    backward (the head takes none, so nothing else needs the logits)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, rows, grad_enabled):
+        want = grad_enabled and ctx.needs_input_grad[0]
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        losses = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
+        g_hidden = torch.empty_like(hidden) if want else None
+        frozen = not isinstance(weight, torch.Tensor)
+        w_h = weight.to(hidden.dtype) if want and not frozen else None
+        for s in range(0, hidden.shape[0], rows):
+            h, y = hidden[s : s + rows], labels[s : s + rows]
+            if frozen:
+                logits = weight.matmul(h) if bias is None else weight.matmul(h) + bias
+            else:
+                logits = F.linear(h, weight, bias)
+            logits = logits.to(acc)
+            lse = torch.logsumexp(logits, dim=-1)
+            losses[s : s + rows] = lse - logits.gather(1, y[:, None]).squeeze(1)
+            if want:
+                grad = logits.sub_(lse[:, None]).exp_()  # softmax - onehot, in place
+                grad[torch.arange(len(y), device=y.device), y] -= 1.0
+                g = grad.to(h.dtype)
+                g_hidden[s : s + rows] = weight.matmul_grad(g) if frozen else g @ w_h
+        ctx.save_for_backward(*(() if g_hidden is None else (g_hidden,)))
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if not ctx.saved_tensors:
+            return None, None, None, None, None, None
+        (g_hidden,) = ctx.saved_tensors
+        return g_hidden * grad_out[:, None].to(g_hidden.dtype), None, None, None, None, None
+
+
+def linear_token_nll(
+    hidden: torch.Tensor, weight, labels: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """cross_entropy(hidden @ weight.T + bias, labels, reduction="none") for [N, H] hidden and
+    [N] labels (none of them -100), in chunks: never the [N, vocab] logits in full. The head
+    (weight, bias) must be frozen: a plain tensor that needs no gradient or a quantized Linear."""
+    if any(isinstance(t, torch.Tensor) and t.requires_grad for t in (weight, bias)):
+        raise ValueError("linear_token_nll takes a frozen head")
+    vocab = weight.shape[0] if isinstance(weight, torch.Tensor) else weight.out_features
+    rows = chunk_rows(vocab)
+    return _LinearTokenNLL.apply(hidden, weight, bias, labels, rows, torch.is_grad_enabled())

@@ -28,7 +28,7 @@ def classification_loss(model: nn.Module, batch: dict, reduction: str = "mean") 
     return F.cross_entropy(logits.float(), batch["labels"], reduction=reduction)
 
 
-def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+def body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     config = getattr(model, "config", None)
     if any(getattr(config, k, None) for k in _LOGIT_TRANSFORMS):
         return None  # the model changes its logits after the head: only its own forward is right
@@ -50,7 +50,7 @@ def causal_lm_loss(model: nn.Module, batch: dict, reduction: str = "mean") -> to
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE  # [B, T-1]
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    parts = _body_and_head(model)
+    parts = body_and_head(model)
     if parts is None:  # not a transformers causal LM: fall back to the full forward
         logits = model(**inputs).logits[:, :-1][keep]
         return F.cross_entropy(logits.float(), labels[keep], reduction=reduction)

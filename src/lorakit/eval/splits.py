@@ -36,6 +36,8 @@ def split_metrics(model, tokenizer, data: Prepared, task: str, split: str = "tes
     out = evaluate_perplexity(model, ds, pad)
     raw = data.raw[split]
     n = min(len(raw), GENERATION_EXAMPLES)
+    if n == 0:  # an empty split (a small data file): nothing to generate against
+        return out
     if "messages" in raw.column_names:
         prompts, refs = chat_prompts_and_references(tokenizer, raw.select(range(n))["messages"])
     elif {"prompt", "response"} <= set(raw.column_names):

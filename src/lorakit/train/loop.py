@@ -20,6 +20,7 @@ from lorakit.data import collate, collate_packed, length_grouped_batches, length
 from lorakit.data.prepare import Prepared, prepare
 from lorakit.device import is_sharded, resolve_device
 from lorakit.eval.loss import IGNORE, loss_fn
+from lorakit.eval.preference_loss import METRICS, pair_metrics
 from lorakit.lora import trainable_line, trainable_parameters
 from lorakit.models.load import load_model, load_tokenizer, model_dir, resolve_model
 from lorakit.train import distributed
@@ -36,6 +37,7 @@ from lorakit.train.method import apply_method
 from lorakit.train.optim import build_optimizer, warmup_cosine
 from lorakit.train.output_dir import check_output, create_output
 from lorakit.train.outputs import Board, write_log_csv
+from lorakit.train.preference import PairTraining, check_objective
 from lorakit.train.progress import Progress
 
 
@@ -50,10 +52,12 @@ class Run:
     data: Prepared
     state: TrainState
     device: torch.device
+    pairs: PairTraining | None = None  # --objective dpo / orpo
 
 
 def build(config: TrainConfig, log=print) -> Run:
     """Output dir, tokenizer, data, model and method, seeded: the same config builds the same run."""
+    check_objective(config)
     check_output(config)  # nothing is written until the model and data are known to be good
     # what the run trains on, taken before reading it (rank 0 records it in the run)
     prints = run_fingerprint(config) if not config.resume and distributed.is_main() else None
@@ -80,7 +84,10 @@ def build(config: TrainConfig, log=print) -> Run:
     if distributed.is_main():
         create_output(config, prints)
     distributed.barrier()
-    return Run(config, Path(config.output), model, tokenizer, data, TrainState(), device)
+    pairs = None
+    if config.objective != "sft":
+        pairs = PairTraining(config, data.pairs, tokenizer.pad_token_id)
+    return Run(config, Path(config.output), model, tokenizer, data, TrainState(), device, pairs)
 
 
 def _epoch_batches(run: Run, epoch: int) -> list[dict]:
@@ -92,7 +99,9 @@ def _epoch_batches(run: Run, epoch: int) -> list[dict]:
     """
     cfg, pad_id = run.config, run.tokenizer.pad_token_id
     rank, world = distributed.rank(), distributed.world()
-    if cfg.packing and cfg.task == "causal-lm":
+    if run.pairs is not None:  # batch_size pairs: 2 x batch_size sequences
+        groups, make = run.pairs.groups(epoch), run.pairs.make
+    elif cfg.packing and cfg.task == "causal-lm":
         rows = pack(run.data.train, cfg.max_length, pad_id)
         order = torch.randperm(
             len(rows), generator=torch.Generator().manual_seed(cfg.seed + epoch)
@@ -115,7 +124,11 @@ def _epoch_batches(run: Run, epoch: int) -> list[dict]:
         def make(idx: list[int]) -> dict:
             return collate([run.data.train[i] for i in idx], pad_id)
 
-    return [_share(idx, make, rank, world) for idx in groups]
+    batches = [_share(idx, make, rank, world) for idx in groups]
+    if run.pairs is not None:  # every process's pairs (PairTraining's reference cache)
+        for idx, batch in zip(groups, batches, strict=True):
+            batch["group_index"] = torch.tensor(idx)
+    return batches
 
 
 def _share(idx: list[int], make, rank: int, world: int) -> dict:
@@ -152,7 +165,7 @@ def _autocast(device: torch.device):
 def fit(run: Run, evaluate_fn=None, log=print, progress: bool = True) -> TrainState:
     """Train `run` to its step budget, checkpointing as it goes; resumes if asked."""
     cfg, model, device = run.config, run.model, run.device
-    compute_loss = loss_fn(cfg.task)
+    objective = run.pairs if run.pairs is not None else _Supervised(cfg.task)
     optimizer = build_optimizer(model, cfg.resolved_lr(), cfg.weight_decay, cfg.lora_plus_ratio)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     batches = _epoch_batches(run, 0)
@@ -166,7 +179,7 @@ def fit(run: Run, evaluate_fn=None, log=print, progress: bool = True) -> TrainSt
     # Every rank reads the same checkpoint (rank 0 wrote it; none is written before every
     # rank has passed this point, as rank 0 cannot finish a step alone).
     if cfg.resume and list_checkpoints(ckpt_dir):
-        state = load_checkpoint(list_checkpoints(ckpt_dir)[-1], model, optimizer, rank)
+        state = load_checkpoint(list_checkpoints(ckpt_dir)[-1], model, optimizer, rank, run.pairs)
         log(f"resumed from step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
     elif rank > 0:
         # Dropout masks must differ between ranks: rank 0 keeps the single-process stream,
@@ -192,11 +205,11 @@ def fit(run: Run, evaluate_fn=None, log=print, progress: bool = True) -> TrainSt
             b = state.batch_in_epoch
             while b < len(batches) and state.step < total:
                 group = batches[b : min(b + cfg.grad_accum, len(batches))]
-                loss_value, samples, tokens = _step(
+                loss_value, samples, tokens, pair_stats = _step(
                     model,
                     optimizer,
                     group,
-                    compute_loss,
+                    objective,
                     device,
                     cfg,
                     base_lrs,
@@ -217,6 +230,9 @@ def fit(run: Run, evaluate_fn=None, log=print, progress: bool = True) -> TrainSt
                     "elapsed_s": round(state.seconds, 3),
                     "val_metric": None,
                 }
+                if pair_stats is not None:  # this step's pairs: the six statistics
+                    means = pair_metrics(pair_stats)
+                    row.update({k: means[k] for k in METRICS})
                 if (
                     evaluate_fn
                     and cfg.eval_every
@@ -233,6 +249,7 @@ def fit(run: Run, evaluate_fn=None, log=print, progress: bool = True) -> TrainSt
                             "train/loss": loss_value,
                             "train/lr": row["lr"],
                             "val/metric": row["val_metric"],
+                            **{f"train/{k}": row.get(k) for k in METRICS},
                         },
                     )
                 bar.update(state.step, loss_value, row["tokens_per_s"])
@@ -261,51 +278,80 @@ def _checkpoint(run: Run, optimizer, state: TrainState) -> None:
     rngs = distributed.all_gather_object(torch.get_rng_state()) if distributed.active() else None
     if distributed.is_main():
         ckpt_dir = run.out / "checkpoints"
-        save_checkpoint(ckpt_dir, tensors, optimizer_state, state, run.config.keep_last, rngs)
+        extra = run.pairs.state_dict() if run.pairs is not None else None
+        save_checkpoint(
+            ckpt_dir, tensors, optimizer_state, state, run.config.keep_last, rngs, extra
+        )
         write_log_csv(run.out / "train_log.csv", state.log)
 
 
-def _step(model, optimizer, group, compute_loss, device, cfg, base_lrs, factor):
+def _step(model, optimizer, group, objective, device, cfg, base_lrs, factor):
     """One optimizer step over `group` (this rank's share of grad_accum micro-batches).
 
-    Returns the global batch's (loss, samples, tokens). A micro-batch's loss is a mean
-    (over its labelled tokens, or its examples); under torchrun each rank divides its *sum*
-    by the global count and the gradients are summed over ranks, which is exactly the
-    gradient one process gets from the whole micro-batch, however unevenly it is split.
+    Returns the global batch's (loss, samples, tokens, pair statistics or None). A
+    micro-batch's loss is a mean (over its labelled tokens, its examples, or its pairs);
+    under torchrun each rank divides its *sum* by the global count and the gradients are
+    summed over ranks, which is exactly the gradient one process gets from the whole
+    micro-batch, however unevenly it is split.
     """
     for g, lr in zip(optimizer.param_groups, base_lrs, strict=True):
         g["lr"] = lr * factor
     sharded = distributed.active()
-    counts = [[_loss_terms(b, cfg.task), _count_samples(b), _count_tokens(b)] for b in group]
+    counts = [[*objective.terms(b), objective.samples(b), _count_tokens(b)] for b in group]
     if sharded:  # global denominators and counters, in one collective
         summed = torch.tensor(counts, dtype=torch.long, device=device)
         distributed.all_reduce_sum([summed])
         counts = summed.tolist()
-    total = 0.0
-    for batch, (terms, _, _) in zip(group, counts, strict=True):
+    total, stats = 0.0, objective.zero_stats()
+    for batch, row in zip(group, counts, strict=True):
         stand_in = "stand_in" in batch
         batch = {k: v.to(device) for k, v in batch.items()}
         with _autocast(device):
-            if sharded:
-                loss = compute_loss(model, batch, reduction="sum") / (terms * len(group))
-                loss = loss * 0.0 if stand_in else loss
-            else:
-                loss = compute_loss(model, batch) / len(group)
+            loss, sums = objective.loss(model, batch, row[:-2], len(group))
+            if sharded and stand_in:
+                loss, sums = loss * 0.0, None
         loss.backward()
         total += loss.item()
+        if sums is not None:
+            stats = {k: stats[k] + v for k, v in sums.items()}
     params = [p for p in model.parameters() if p.requires_grad]
     if sharded:
-        summed = torch.tensor([total], device=device)
+        keys = sorted(stats) if stats is not None else []
+        summed = torch.tensor([total, *(stats[k] for k in keys)], device=device)
         if is_sharded(model):  # FSDP has reduce-scattered the gradients in backward
             distributed.all_reduce_sum([summed])
         else:
             distributed.sum_gradients(params, summed)
-        total = summed.item()
+        total, *values = summed.tolist()
+        stats = dict(zip(keys, values, strict=True)) if stats is not None else None
     if cfg.max_grad_norm:  # after the sum: every rank clips by the same global norm
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total, sum(c[1] for c in counts), sum(c[2] for c in counts)
+    return total, sum(c[-2] for c in counts), sum(c[-1] for c in counts), stats
+
+
+class _Supervised:
+    """The sft objective, in the interface PairTraining also offers the loop."""
+
+    def __init__(self, task: str):
+        self.task, self.compute = task, loss_fn(task)
+
+    def terms(self, batch: dict) -> list[int]:
+        return [_loss_terms(batch, self.task)]
+
+    @staticmethod
+    def samples(batch: dict) -> int:
+        return _count_samples(batch)
+
+    @staticmethod
+    def zero_stats() -> None:
+        return None  # sft logs no statistics beyond the loss
+
+    def loss(self, model, batch: dict, totals: list[int], parts: int):
+        if distributed.active():
+            return self.compute(model, batch, reduction="sum") / (totals[0] * parts), None
+        return self.compute(model, batch) / parts, None
 
 
 def _loss_terms(batch: dict, task: str) -> int:

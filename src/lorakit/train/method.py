@@ -1,14 +1,19 @@
-"""The training method: which parameters train (lora / dora / full / head), the quantized
-base under adapters, and activation checkpointing."""
+"""The training method: which parameters train (lora / dora / full / head), the adapter a run
+starts from (a fresh one, or --init-adapter and, for DPO, its frozen copy as the reference),
+the quantized base under adapters, and activation checkpointing."""
 
 from __future__ import annotations
 
 from torch import nn
 
+from lorakit.adapters import attach_adapter, read_adapter
 from lorakit.config import TrainConfig
 from lorakit.errors import ConfigError
-from lorakit.lora import inject
+from lorakit.lora import inject, set_adapter
 from lorakit.lora.heads import head_name
+
+TRAINED = "default"  # the adapter a run trains and saves
+REFERENCE = "reference"  # DPO's frozen copy of --init-adapter
 
 
 def apply_method(model: nn.Module, config: TrainConfig) -> nn.Module:
@@ -44,8 +49,11 @@ def _method(model: nn.Module, config: TrainConfig) -> nn.Module:
             if isinstance(module, nn.Dropout):
                 module.p = config.model_dropout
     if config.method in ("lora", "dora"):
-        saved = [head_name(model, config.task)] if config.task == "classification" else None
-        inject(model, config.lora_config(modules_to_save=saved))
+        if config.init_adapter is not None:
+            start_from_adapter(model, config)
+        else:
+            saved = [head_name(model, config.task)] if config.task == "classification" else None
+            inject(model, config.lora_config(modules_to_save=saved))
         if config.quantize != "none":  # after inject: LoRA layers wrap the quantized bases
             from lorakit.models.quantize import quantize
 
@@ -61,3 +69,13 @@ def _method(model: nn.Module, config: TrainConfig) -> nn.Module:
     for p in head.parameters():
         p.requires_grad_(True)
     return model
+
+
+def start_from_adapter(model: nn.Module, config: TrainConfig) -> None:
+    """--init-adapter: the adapter, trainable, is the run's starting point; for DPO a second,
+    frozen copy of it is the reference (the same base serves both)."""
+    read = read_adapter(config.init_adapter)
+    attach_adapter(model, read, TRAINED, trainable=True)
+    if config.objective == "dpo":
+        attach_adapter(model, read, REFERENCE, trainable=False)
+    set_adapter(model, TRAINED)

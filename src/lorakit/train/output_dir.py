@@ -46,20 +46,25 @@ RUN_FILES = (
 
 
 def protected_paths(config: TrainConfig) -> dict[str, Path | None]:
-    """What an --overwrite of this run's output must never delete: its data and model."""
+    """What an --overwrite of this run's output must never delete: its data, model and init
+    adapter."""
     from lorakit.models.paths import cache_dir
 
     paths: dict[str, Path | None] = {"lorakit's cache": cache_dir()}
-    with contextlib.suppress(LorakitError):  # a bad name fails later, with its own message
-        paths["the training data"] = (
-            next(iter(data_files(config.data).values()))
-            if config.data == "tweets"
-            else Path(config.data).expanduser()
-        )
+    for source in config.data:
+        what = "the training data" + (f" ({source})" if len(config.data) > 1 else "")
+        with contextlib.suppress(LorakitError):  # a bad name fails later, with its own message
+            paths[what] = (
+                next(iter(data_files(source).values()))
+                if source == "tweets"
+                else Path(source).expanduser()
+            )
     with contextlib.suppress(LorakitError):
         from lorakit.models.load import resolve_model
 
         paths["the base model"] = resolve_model(config.model).path
+    if config.init_adapter is not None:  # e.g. --output runs/sft --init-adapter runs/sft/adapter
+        paths["the init adapter"] = Path(config.init_adapter).expanduser()
     return paths
 
 

@@ -12,8 +12,11 @@ LOG_FIELDS = ["step", "epoch", "loss", "lr", "tokens_per_s", "elapsed_s", "val_m
 
 
 def write_log_csv(path: Path, log: list[dict]) -> None:
+    """LOG_FIELDS, then the columns an objective adds (preference runs: reward accuracy,
+    margin, rewards and log-probs of each step's pairs), in the order the rows hold them."""
+    extra = [k for k in dict.fromkeys(k for row in log for k in row) if k not in LOG_FIELDS]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS + extra, extrasaction="ignore")
     writer.writeheader()
     for row in log:
         writer.writerow(row)

@@ -3,7 +3,20 @@
 Field `max_steps` becomes `--max-steps`: typed from its annotation (bools as `--x/--no-x`,
 Literal as choices, lists and `{name: value}` dicts as repeatable options), its help the
 field's description, its shown default the field's default. Every generated option defaults
-to None, "not given", so only the flags on the command line override the YAML file.
+to None, "not given" (on-only flags such as `--overwrite` too), so only the flags on the
+command line override the YAML file. FLAGS spells the exceptions to the naming.
+
+A field marked `json_schema_extra={"argument": True}` is a positional argument instead
+(classify's TEXTS..., generate's PROMPT). A field without a default is required: checked by
+click (`Missing option '--adapter'`) on a command without a YAML file, by pydantic otherwise,
+since the file may hold it.
+
+The YAML file (`[CONFIG_FILE]`) and `--print-config` come with the run commands, whose
+configs are long and worth keeping in a file (train, compare, rank-probe, serve). The one-shot
+commands (eval, classify, generate, chat, merge, inspect, demo) take `config_file=False`:
+flags only. Their input fits on one line, and three of them already use the positional
+slot, which an optional `[CONFIG_FILE]` beside `TEXTS...` would make ambiguous; so all seven
+follow one rule rather than some taking a file.
 """
 
 from __future__ import annotations
@@ -33,29 +46,39 @@ FLAGS = {
     "adapters": ("--adapter", "NAME=DIR"),
     "classifier_adapters": ("--classifier-adapter", "NAME=DIR"),
     "adapter_dirs": ("--adapter-dir", None),
+    "chat_template": ("--chat-template/--raw", None),
+    "as_json": ("--json", None),
+    "compare_base": ("--compare-base", None),
+    "dequantize": ("--dequantize", None),
+    "quick": ("--quick", None),
 }
 # Fields whose flag takes one string that the resolver's parsers split ("1,4,16", "q_proj,v_proj").
 ONE_STRING = {"targets", "ranks"}
-_SCALARS = (str, int, float, bool)
+_SCALARS = (str, int, float, bool, Path)
 _PRINT_HELP = "Print the resolved config and exit."
 
 
-def config_command(cls: type[BaseModel], resolve=resolve_config):
+def config_command(cls: type[BaseModel], resolve=resolve_config, *, config_file: bool = True):
     """Turn `command(config)` into a CLI command: `[CONFIG_FILE]` (YAML of `cls` fields), one
-    option per field, `--print-config`; it runs with `resolve(cls, config_file, flags)`, the
+    parameter per field, `--print-config`; it runs with `resolve(cls, config_file, flags)`, the
     flags given on the command line overriding the file. Fields no flag can carry (dicts of
-    lists or of anything) stay YAML-only."""
-    options = {name: opt for name, f in cls.model_fields.items() if (opt := _option(name, f))}
-    file_help = f"YAML file of {cls.__name__} fields; flags override it."
-    params = [
-        _param("config_file", Path | None, typer.Argument(None, help=file_help)),
-        *(_param(name, kind, info) for name, (kind, info) in options.items()),
-        _param("print_config", bool, typer.Option(False, "--print-config", help=_PRINT_HELP)),
-    ]
+    lists or of anything) stay YAML-only. `config_file=False`: flags (and arguments) only."""
+    fields = cls.model_fields
+    options = {n: opt for n, f in fields.items() if (opt := _option(n, f, not config_file))}
+    params = [_param(name, kind, info) for name, (kind, info) in options.items()]
+    if config_file:
+        if any(_is_argument(f) for f in fields.values()):  # which positional would be the file?
+            raise TypeError(f"{cls.__name__} has positional arguments: use config_file=False")
+        file_help = f"YAML file of {cls.__name__} fields; flags override it."
+        params = [
+            _param("config_file", Path | None, typer.Argument(None, help=file_help)),
+            *params,
+            _param("print_config", bool, typer.Option(False, "--print-config", help=_PRINT_HELP)),
+        ]
 
     def decorate(command):
         @functools.wraps(command)
-        def run(config_file: Path | None, print_config: bool, **values: Any) -> None:
+        def run(config_file: Path | None = None, print_config: bool = False, **values: Any):
             flags = {name: _value(options[name][1], value) for name, value in values.items()}
             config = resolve(cls, config_file, flags)
             if print_config:
@@ -80,8 +103,14 @@ def _decl(name: str) -> tuple[str, str | None]:
     return FLAGS.get(name, ("--" + name.replace("_", "-"), None))
 
 
-def _option(name: str, field: FieldInfo) -> tuple[Any, Any] | None:
-    """(annotation, typer.Option) of a field's flag, or None where no flag can carry it."""
+def _is_argument(field: FieldInfo) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("argument"))
+
+
+def _option(name: str, field: FieldInfo, check_required: bool) -> tuple[Any, Any] | None:
+    """(annotation, typer.Option or typer.Argument) of a field, or None where no flag can carry
+    it. `check_required`: a field without a default is required on the command line."""
     kind = _strip_none(field.annotation)
     decl, metavar = _decl(name)
     origin, args = get_origin(kind), get_args(kind)
@@ -97,15 +126,22 @@ def _option(name: str, field: FieldInfo) -> tuple[Any, Any] | None:
         metavar = "\n".join(map(str, args))
     elif kind not in _SCALARS:
         return None
-    repeatable = get_origin(kind) is list
-    info = typer.Option(
-        None,
-        decl,
-        help=f"{field.description} (repeatable)" if repeatable else field.description,
-        metavar=metavar,
-        show_default=_shown(field.get_default(call_default_factory=True), decl),
-    )
-    return kind | None, info
+    required = check_required and field.is_required()
+    shown = not field.is_required() and _shown(field.get_default(call_default_factory=True), decl)
+    if _is_argument(field):  # `TEXTS...` for a list: no "(repeatable)"
+        info = typer.Argument(
+            ... if required else None, help=field.description, metavar=metavar, show_default=shown
+        )
+    else:
+        repeatable = get_origin(kind) is list
+        info = typer.Option(
+            ... if required else None,
+            decl,
+            help=f"{field.description} (repeatable)" if repeatable else field.description,
+            metavar=metavar,
+            show_default=shown,
+        )
+    return (kind if required else kind | None), info
 
 
 def _strip_none(kind: Any) -> Any:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from pydantic import Field
+
 from lorakit.atomic import check_replaceable, replace_dir
-from lorakit.config import TrainConfig
+from lorakit.config import StrictConfig, TrainConfig
 from lorakit.errors import OutputExistsError
 
 CHAT_QUESTION = "In one sentence, why is fine-tuning only a few low-rank matrices cheaper than full fine-tuning?"
@@ -44,6 +46,14 @@ INSTRUCT = dict(
 )
 DEMO_RUNS = ("minilm-sentiment", "smollm2-sentiment")
 QUICK = dict(max_steps=3, max_train_samples=96, max_eval_samples=24, batch_size=8)
+
+
+class DemoConfig(StrictConfig):
+    """`lorakit demo`'s options: run_demo's arguments."""
+
+    output: str = Field("runs/demo", description="Where the demo's runs go.")
+    overwrite: bool = Field(False, description="Replace an earlier demo.")
+    quick: bool = Field(False, description="A much shorter run (for tests).")
 
 
 def run_demo(

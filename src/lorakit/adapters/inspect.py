@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from lorakit.adapters.files import read_config, read_weights
 from lorakit.adapters.peft_format import parse_key
+from lorakit.config import StrictConfig
+
+
+class InspectConfig(StrictConfig):
+    """`lorakit inspect ADAPTER`."""
+
+    adapter: Path = Field(
+        description="An adapter directory (lorakit or peft).", json_schema_extra={"argument": True}
+    )
 
 
 def summarize(path: str | Path) -> dict:

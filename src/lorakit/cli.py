@@ -1,22 +1,29 @@
 """The `lorakit` command. Each command is a few lines calling one library function.
 
 Errors a user can cause (LorakitError) print one line `error: ...` and exit 2;
-`--debug` shows the traceback instead. The options of train, compare, rank-probe and serve
-are generated from their config's fields (cli_options), so a field is declared once.
+`--debug` shows the traceback instead. Every command's options are generated from its
+config's fields (cli_options), so a field is declared once; train, compare, rank-probe and
+serve also read a YAML file of those fields.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
 
 import typer
 
+from lorakit.adapters.inspect import InspectConfig, summarize
 from lorakit.cli_options import config_command
 from lorakit.compare.config import CompareConfig, RankProbeConfig, resolve
 from lorakit.config import TrainConfig
+from lorakit.demo import DemoConfig, run_demo
 from lorakit.errors import LorakitError
+from lorakit.eval.config import EvalConfig
+from lorakit.export.config import ExportConfig
+from lorakit.infer.config import ChatConfig, ClassifyConfig, GenerateConfig, MergeConfig
 from lorakit.serve.config import ServeConfig
 
 app = typer.Typer(
@@ -26,12 +33,11 @@ app = typer.Typer(
     help="LoRA for any PyTorch model: train, measure, merge, swap and serve adapters (PEFT format).",
 )
 _state = {"debug": False}
-
-Opt = typer.Option
+flags_only = functools.partial(config_command, config_file=False)  # the one-shot commands
 
 
 @app.callback()
-def _root(debug: bool = Opt(False, "--debug", help="Show tracebacks on errors.")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
     _state["debug"] = debug
 
 
@@ -43,105 +49,65 @@ def train(config: TrainConfig) -> None:
 
     metrics = run_train(config, progress=True)
     from lorakit.train.distributed import is_main
+    from lorakit.train.entry import summary
 
     if is_main():  # under torchrun, one summary for the job
-        _print_summary(metrics, config.output)
-
-
-def _print_summary(metrics: dict, output: str) -> None:
-    test = metrics["test"]
-    keys = [
-        k for k in ("accuracy", "macro_f1", "perplexity", "exact_match", "rouge_l") if k in test
-    ]
-    print(
-        f"done: {metrics['steps']} steps in {metrics['train_seconds']:.1f}s "
-        f"({metrics['train_samples_per_s']:.1f} samples/s, {metrics['train_tokens_per_s']:.0f} tokens/s); "
-        f"{', '.join(f'test {k} {test[k]:.4f}' for k in keys)} → {output}"
-    )
+        print(summary(metrics, config.output))
 
 
 @app.command("eval")
-def eval_cmd(
-    model: str = Opt("minilm", help="Base model."),
-    adapter: str | None = Opt(None, help="Adapter directory."),
-    data: str = Opt("tweets", help="tweets or a data file/directory."),
-    task: str | None = Opt(None, help="Default: the adapter's task."),
-    split: str = Opt("test", help="train, validation or test."),
-    max_eval_samples: int | None = Opt(None, help="Evaluate on at most this many examples."),
-    text_column: str | None = Opt(None),
-    label_column: str | None = Opt(None),
-    compare_base: bool = Opt(
-        False, "--compare-base", help="Also evaluate the base model, side by side."
-    ),
-    as_json: bool = Opt(False, "--json", help="Print JSON."),
-) -> None:
+@flags_only(EvalConfig)
+def eval_cmd(config: EvalConfig) -> None:
     """Evaluate a model, with or without an adapter."""
     from lorakit.eval.evaluate import evaluate
-
-    result = evaluate(
-        model, data, adapter, task, split, compare_base, max_eval_samples, text_column, label_column
-    )
-    if as_json:
-        print(json.dumps(result, indent=2))
-        return
     from lorakit.eval.report import print_eval
 
-    print_eval(result)
+    result = evaluate(**config.model_dump(exclude={"as_json"}))
+    if config.as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_eval(result)
 
 
 @app.command()
-def classify(
-    texts: list[str] = typer.Argument(..., help="Texts to classify."),
-    model: str = Opt("minilm", help="Base model."),
-    adapter: str | None = Opt(None, help="Classification adapter directory."),
-) -> None:
+@flags_only(ClassifyConfig)
+def classify(config: ClassifyConfig) -> None:
     """Classify texts; prints one JSON line per text."""
     from lorakit.infer.classify import classify as run_classify
     from lorakit.infer.load import load_for_inference
 
-    loaded, tokenizer, _, labels = load_for_inference(model, adapter, "classification")
-    for text, result in zip(texts, run_classify(loaded, tokenizer, texts, labels), strict=True):
+    loaded, tok, _, labels = load_for_inference(config.model, config.adapter, "classification")
+    results = run_classify(loaded, tok, config.texts, labels)
+    for text, result in zip(config.texts, results, strict=True):
         print(json.dumps({"text": text, **result}))
 
 
 @app.command()
-def generate(
-    prompt: str = typer.Argument(..., help="The prompt."),
-    model: str = Opt("smollm2-135m", help="Base model."),
-    adapter: str | None = Opt(None, help="Adapter directory."),
-    max_tokens: int = Opt(128, help="New tokens at most."),
-    temperature: float = Opt(0.0, help="0 = greedy."),
-    top_p: float = Opt(1.0),
-    seed: int | None = Opt(None),
-    chat_template: bool = Opt(
-        True, "--chat-template/--raw", help="Wrap the prompt as a user turn."
-    ),
-) -> None:
+@flags_only(GenerateConfig)
+def generate(config: GenerateConfig) -> None:
     """Generate text, streamed to the terminal as it is produced."""
     from lorakit.infer.chat import render_chat
     from lorakit.infer.generate import stream
     from lorakit.infer.load import load_for_inference
 
-    loaded, tokenizer, _, _ = load_for_inference(model, adapter, "causal-lm")
-    turn = [{"role": "user", "content": prompt}]
-    text = render_chat(tokenizer, turn) if chat_template and tokenizer.chat_template else prompt
-    for piece in stream(loaded, tokenizer, text, max_tokens, temperature, top_p, seed):
+    loaded, tokenizer, _, _ = load_for_inference(config.model, config.adapter, "causal-lm")
+    text = config.prompt
+    if config.chat_template and tokenizer.chat_template:
+        text = render_chat(tokenizer, [{"role": "user", "content": text}])
+    sampling = (config.max_tokens, config.temperature, config.top_p, config.seed)
+    for piece in stream(loaded, tokenizer, text, *sampling):
         print(piece, end="", flush=True)
     print()
 
 
 @app.command()
-def chat(
-    model: str = Opt("smollm2-135m", help="Base model."),
-    adapter: str | None = Opt(None, help="Adapter directory."),
-    system: str | None = Opt(None, help="System prompt."),
-    max_tokens: int = Opt(256, help="New tokens per reply at most."),
-) -> None:
+@flags_only(ChatConfig)
+def chat(config: ChatConfig) -> None:
     """Chat interactively (the model's chat template; replies stream). /exit to leave."""
     from lorakit.infer.chat import chat_loop
     from lorakit.infer.load import load_for_inference
 
-    loaded, tokenizer, _, _ = load_for_inference(model, adapter, "causal-lm")
+    loaded, tokenizer, _, _ = load_for_inference(config.model, config.adapter, "causal-lm")
 
     def read() -> str | None:
         try:
@@ -149,42 +115,33 @@ def chat(
         except EOFError:
             return None
 
-    def write(piece: str) -> None:
-        print(piece, end="", flush=True)
-
-    chat_loop(loaded, tokenizer, read, write, system, max_tokens)
+    write = functools.partial(print, end="", flush=True)  # a reply streams piece by piece
+    chat_loop(loaded, tokenizer, read, write, config.system, config.max_tokens)
 
 
 @app.command()
-def merge(
-    adapter: str = Opt(..., help="Adapter directory."),
-    output: str = Opt(..., help="Directory for the merged model."),
-    model: str = Opt("minilm", help="Base model the adapter was trained on."),
-    overwrite: bool = Opt(
-        False, "--overwrite", help="Replace an existing output lorakit wrote (nothing else)."
-    ),
-    dequantize: bool = Opt(
-        False,
-        "--dequantize",
-        help="Adapter trained with --quantize: merge into the base as training saw it "
-        "(quantized, then dequantized) instead of the full-precision base.",
-    ),
-) -> None:
+@flags_only(ExportConfig)
+def export(config: ExportConfig) -> None:
+    """Export for llama.cpp / Ollama (GGUF), vLLM (peft) or transformers (merged)."""
+    from lorakit.export.run import export as run_export
+
+    print("\n".join(f"written: {path}" for path in run_export(config)))
+
+
+@app.command()
+@flags_only(MergeConfig)
+def merge(config: MergeConfig) -> None:
     """Merge an adapter into its base: a plain transformers directory, no lorakit needed."""
     from lorakit.infer.merge import merge_to_directory
 
-    written = merge_to_directory(model, adapter, output, overwrite, dequantize=dequantize)
-    print(f"merged model written to {written}")
+    print(f"merged model written to {merge_to_directory(**config.model_dump())}")
 
 
 @app.command()
-def inspect(
-    adapter: Path = typer.Argument(..., help="An adapter directory (lorakit or peft)."),
-) -> None:
+@flags_only(InspectConfig)
+def inspect(config: InspectConfig) -> None:
     """Validate an adapter directory's files and print a summary as JSON."""
-    from lorakit.adapters.inspect import summarize
-
-    print(json.dumps(summarize(adapter), indent=2))
+    print(json.dumps(summarize(config.adapter), indent=2))
 
 
 @app.command()
@@ -221,15 +178,10 @@ def serve(config: ServeConfig) -> None:
 
 
 @app.command()
-def demo(
-    output: str = Opt("runs/demo", help="Where the demo's runs go."),
-    overwrite: bool = Opt(False, "--overwrite", help="Replace an earlier demo."),
-    quick: bool = Opt(False, "--quick", help="A much shorter run (for tests)."),
-) -> None:
+@flags_only(DemoConfig)
+def demo(config: DemoConfig) -> None:
     """The main job on the defaults: MiniLM sentiment LoRA, SmolLM2 instruction LoRA, one chat reply."""
-    from lorakit.demo import run_demo
-
-    run_demo(output, overwrite, quick)
+    run_demo(**config.model_dump())
 
 
 def main(argv: list[str] | None = None) -> int:

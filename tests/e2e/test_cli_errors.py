@@ -103,9 +103,13 @@ def test_adapter_for_another_base(capsys, tmp_path, bert_dir, llama_model_dir):
     import lorakit
     from tiny_models import tiny_bert_cls
 
+    # its intermediate layer is 48 wide, bert_dir's 64: the shapes say "another base" (the
+    # head's 3 labels alone would not: a saved head's label count is read from the adapter)
     other = lorakit.inject(
         tiny_bert_cls(),
-        lorakit.LoraConfig(target_modules=["query"], modules_to_save=["classifier"]),
+        lorakit.LoraConfig(
+            target_modules=["query", "intermediate.dense"], modules_to_save=["classifier"]
+        ),
     )
     path = lorakit.save_adapter(other, tmp_path / "other")
     _fails(

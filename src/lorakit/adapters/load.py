@@ -9,6 +9,7 @@ injects and copies; a failure at any point leaves the model exactly as it was.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -68,6 +69,11 @@ class ReadAdapter:
     @property
     def task_type(self) -> str | None:
         return self.config.task_type
+
+    def scaling(self, module: str) -> float:
+        """The factor on B A of an adapted module: alpha / r (alpha / sqrt(r) with rsLoRA)."""
+        r = self.ranks[module]
+        return self.alphas[module] / (math.sqrt(r) if self.config.use_rslora else r)
 
 
 def read_adapter(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorakit.adapters import load_adapter, read_config, read_labels
+from lorakit.adapters import load_adapter, read_adapter, read_config, read_labels
 from lorakit.errors import ConfigError
 from lorakit.models.load import load_model
 
@@ -33,11 +33,23 @@ def load_for_inference(model: str, adapter: str | Path | None = None, task: str 
             )
         task = task or adapter_kind
     task = task or "causal-lm"
-    loaded, tokenizer = load_model(model, task, label_names=labels)
+    num_labels = None
+    if adapter is not None and task == "classification" and labels is None:
+        num_labels = saved_head_size(adapter)  # peft writes no labels.json; its head says
+    loaded, tokenizer = load_model(model, task, num_labels=num_labels, label_names=labels)
     if adapter is not None:
         load_adapter(loaded, adapter)
     loaded.eval()
     return loaded, tokenizer, task, labels or _config_labels(loaded)
+
+
+def saved_head_size(adapter: str | Path) -> int | None:
+    """Outputs of the classification head saved with an adapter (modules_to_save): the
+    smallest output dimension among its matrices — the label count, next to which any
+    hidden projection (RoBERTa's classifier.dense) is far wider. None when none is saved."""
+    saved = read_adapter(adapter).saved
+    rows = [t.shape[0] for params in saved.values() for n, t in params.items() if t.ndim == 2]
+    return min(rows) if rows else None
 
 
 def _config_labels(model) -> list[str] | None:

@@ -31,15 +31,8 @@ def merge_to_directory(
             raise OutputExistsError(
                 f"{out} already exists — pass --overwrite to replace it, or pick another --output"
             )
-        check_replaceable(out, _merge_inputs(model, adapter))
-    mode = trained_quantization(adapter) if dequantize else None
-    loaded, tokenizer, _, _ = load_for_inference(model, adapter)
-    if mode is not None:
-        from lorakit.models.quantize import dequantize as to_plain
-        from lorakit.models.quantize import quantize
-
-        to_plain(quantize(loaded, mode))
-    plain = merge_and_unload(loaded)
+        check_replaceable(out, merge_inputs(model, adapter))
+    plain, tokenizer = merged_model(model, adapter, dequantize)
     # marked as lorakit's (listing its files), so a later --overwrite may replace it
     with atomic_dir(output, overwrite=True, kind="merge") as tmp:  # checked above
         plain.save_pretrained(tmp, safe_serialization=True)
@@ -47,7 +40,21 @@ def merge_to_directory(
     return Path(output)
 
 
-def _merge_inputs(model: str, adapter: str | Path) -> dict:
+def merged_model(model: str, adapter: str | Path | None, dequantize: bool = False):
+    """(plain model with the adapter merged in, tokenizer); the base alone without adapter."""
+    mode = trained_quantization(adapter) if dequantize else None
+    loaded, tokenizer, _, _ = load_for_inference(model, adapter)
+    if adapter is None:
+        return loaded, tokenizer
+    if mode is not None:
+        from lorakit.models.quantize import dequantize as to_plain
+        from lorakit.models.quantize import quantize
+
+        to_plain(quantize(loaded, mode))
+    return merge_and_unload(loaded), tokenizer
+
+
+def merge_inputs(model: str, adapter: str | Path) -> dict:
     """What a merge's --overwrite must not delete: the adapter, the base, lorakit's cache."""
     import contextlib
 

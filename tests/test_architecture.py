@@ -33,6 +33,7 @@ LAYERS = {
     "serve": 8,
     "demo": 9,
     "cli_options": 9,
+    "cli_errors": 9,
     "cli": 10,
     "__main__": 11,
     "": 11,  # lorakit/__init__.py: the public API gathers from everywhere

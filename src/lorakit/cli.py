@@ -20,7 +20,6 @@ from lorakit.cli_options import config_command
 from lorakit.compare.config import CompareConfig, RankProbeConfig, resolve
 from lorakit.config import TrainConfig
 from lorakit.demo import DemoConfig, run_demo
-from lorakit.errors import LorakitError
 from lorakit.eval.config import EvalConfig
 from lorakit.export.config import ExportConfig
 from lorakit.infer.config import ChatConfig, ClassifyConfig, GenerateConfig, MergeConfig
@@ -185,46 +184,12 @@ def demo(config: DemoConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: run the app, turning user errors into one line and exit code 2."""
+    """Console entry point: user errors become one line and exit code 2 (cli_errors)."""
+    from lorakit.cli_errors import run_reporting
     from lorakit.quiet import quiet_libraries
 
     quiet_libraries()
-    try:
-        app(args=argv, standalone_mode=False)
-    except LorakitError as exc:
-        if _state["debug"]:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        print("aborted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # click's exits carry their own exit code
-        code = getattr(exc, "exit_code", None)
-        if _usage_error(exc):  # unknown flag, bad choice...: one line too
-            ctx = getattr(exc, "ctx", None)
-            where = ctx.command_path if ctx else "lorakit"
-            print(f"error: {exc.format_message()} — see `{where} --help`", file=sys.stderr)
-            return code
-        if code is None:
-            from lorakit.atomic import as_write_error
-
-            # a full disk or a permission error in a write outside lorakit's own writers
-            disk = None if _state["debug"] else as_write_error(exc, verb="access")
-            if disk is None:
-                raise
-            print(f"error: {disk}", file=sys.stderr)
-            return disk.exit_code
-        show = getattr(exc, "show", None)
-        if show:
-            show()
-        return code
-    return 0
-
-
-def _usage_error(exc: Exception) -> bool:
-    # typer ships its own copy of click, so match the class by name, not by identity
-    return any(c.__name__ == "UsageError" for c in type(exc).__mro__)
+    return run_reporting(lambda: app(args=argv, standalone_mode=False), lambda: _state["debug"])
 
 
 if __name__ == "__main__":

@@ -40,9 +40,10 @@ def tiny_causal_lm(kind: str, vocab: int, **extra):
             "qwen3": (t.Qwen3Config, t.Qwen3ForCausalLM),
             "gemma": (t.GemmaConfig, t.GemmaForCausalLM),
             "phi3": (t.Phi3Config, t.Phi3ForCausalLM),
+            "gemma3": (t.Gemma3TextConfig, t.Gemma3ForCausalLM),
         }
         config_cls, model_cls = classes[kind]
-        model = model_cls(config_cls(**common, **extra))
+        model = model_cls(config_cls(**{**common, **extra}))
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim == 2:

@@ -12,7 +12,19 @@ from export.llama_helpers import SAMPLE, llama, llama_logits, tiny_causal_lm, to
 from lorakit.export.config import ExportConfig
 from lorakit.export.run import export
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "phi3"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "phi3", "gemma3"]
+# config fields a family needs to show what differs: qwen3 a head_dim != hidden / heads;
+# gemma3 sliding-window layers (window 8 < the 23-token sample) beside a full one
+EXTRA = {
+    "qwen3": {"head_dim": 32},
+    "gemma3": {
+        "head_dim": 16,
+        "query_pre_attn_scalar": 16,
+        "sliding_window": 8,
+        "num_hidden_layers": 3,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+    },
+}
 
 
 def _base(tmp_path, kind, tokenizer, **extra):
@@ -31,8 +43,7 @@ def _ids(tokenizer):
 
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_merged_model_runs_in_llamacpp_with_the_same_logits(tmp_path, smol_tokenizer, kind):
-    extra = {"head_dim": 32} if kind == "qwen3" else {}  # qwen3: head_dim != hidden / heads
-    model, directory = _base(tmp_path, kind, smol_tokenizer, **extra)
+    model, directory = _base(tmp_path, kind, smol_tokenizer, **EXTRA.get(kind, {}))
     (out,) = export(
         ExportConfig(model=str(directory), output=str(tmp_path / "m.gguf"), dtype="f32")
     )
@@ -55,13 +66,13 @@ def test_merged_model_runs_in_llamacpp_with_the_same_logits(tmp_path, smol_token
         ("gpt2", {}),  # Conv1D layers
         ("gemma", {}),  # RMSNorm (1 + w), embedding scaled by sqrt(hidden) inside llama.cpp
         ("phi3", {}),  # fused qkv_proj and gate_up_proj
+        ("gemma3", {"use_rslora": True}),
     ],
 )
 def test_lora_gguf_applied_by_llamacpp_gives_the_adapted_logits(
     tmp_path, smol_tokenizer, kind, lora
 ):
-    extra = {"head_dim": 32} if kind == "qwen3" else {}
-    model, directory = _base(tmp_path, kind, smol_tokenizer, **extra)
+    model, directory = _base(tmp_path, kind, smol_tokenizer, **EXTRA.get(kind, {}))
     (base_gguf,) = export(
         ExportConfig(model=str(directory), output=str(tmp_path / "b.gguf"), dtype="f32")
     )

@@ -20,6 +20,13 @@ IGNORE = -100
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MB in fp32
 
 
+def _logits(h, weight, bias, frozen: bool):
+    """One chunk's logits; a quantized (frozen) head runs its own matmul."""
+    if frozen:
+        return weight.matmul(h) if bias is None else weight.matmul(h) + bias
+    return F.linear(h, weight, bias)
+
+
 def chunk_rows(vocab: int) -> int:
     return max(64, CHUNK_ELEMENTS // max(vocab, 1))
 
@@ -38,11 +45,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         w_h = weight.to(hidden.dtype) if want[0] and not frozen else None  # one cast in all
         for s in range(0, hidden.shape[0], rows):
             h, y = hidden[s : s + rows], labels[s : s + rows]
-            if frozen:
-                logits = weight.matmul(h) if bias is None else weight.matmul(h) + bias
-            else:
-                logits = F.linear(h, weight, bias)
-            logits = logits.to(acc)  # [n, vocab]
+            logits = _logits(h, weight, bias, frozen).to(acc)  # [n, vocab]
             valid = y != IGNORE
             safe = torch.where(valid, y, 0)
             lse = torch.logsumexp(logits, dim=-1)
@@ -116,11 +119,7 @@ class _LinearTokenNLL(torch.autograd.Function):
         w_h = weight.to(hidden.dtype) if want and not frozen else None
         for s in range(0, hidden.shape[0], rows):
             h, y = hidden[s : s + rows], labels[s : s + rows]
-            if frozen:
-                logits = weight.matmul(h) if bias is None else weight.matmul(h) + bias
-            else:
-                logits = F.linear(h, weight, bias)
-            logits = logits.to(acc)
+            logits = _logits(h, weight, bias, frozen).to(acc)
             lse = torch.logsumexp(logits, dim=-1)
             losses[s : s + rows] = lse - logits.gather(1, y[:, None]).squeeze(1)
             if want:

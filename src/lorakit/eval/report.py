@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lorakit.eval.preference_loss import METRICS as PAIR_METRICS
+
 KEYS = (
     "accuracy",
     "macro_f1",
@@ -10,12 +12,7 @@ KEYS = (
     "exact_match",
     "rouge_l",
     "bleu",
-    "reward_accuracy",
-    "reward_margin",
-    "chosen_reward",
-    "rejected_reward",
-    "chosen_logps",
-    "rejected_logps",
+    *PAIR_METRICS,
     "latency_p50_ms",
     "latency_p95_ms",
     "peak_memory_mb",

@@ -59,6 +59,14 @@ ARCHS = {
             tied_output=True,
         ),
         Arch("phi3", "phi3", gguf.MODEL_ARCH.PHI3, rotary_pairs=False),
+        # Gemma 3's text model: sliding-window layers with their own rope base, q / k norms
+        Arch(
+            "gemma3_text",
+            "gemma3",
+            gguf.MODEL_ARCH.GEMMA3,
+            rotary_pairs=False,
+            norm_plus_one=True,
+        ),
     )
 }
 # buffers in some state dicts that are not weights
@@ -78,8 +86,10 @@ def arch_of(config) -> Arch:
     return arch
 
 
-def _rope(config) -> dict:
+def _rope(config, layer_type: str = "full_attention") -> dict:
     params = getattr(config, "rope_parameters", None) or {}
+    if layer_type in params:  # one set per layer type (Gemma 3: sliding / full attention)
+        params = params[layer_type]
     if not params and getattr(config, "rope_theta", None) is not None:  # older transformers
         params = {"rope_theta": config.rope_theta, **(getattr(config, "rope_scaling", None) or {})}
     return params
@@ -90,6 +100,25 @@ def _check_rope(config) -> None:
     if kind not in ("default", "linear"):
         raise UnsupportedExportError(
             f"GGUF export does not write rope scaling {kind!r} yet (supported: default, linear)"
+        )
+    if config.model_type == "gemma3_text":
+        _check_gemma3(config)
+
+
+def _check_gemma3(config) -> None:
+    """What llama.cpp's Gemma 3 fixes that transformers' config could set otherwise."""
+    if _rope(config, "sliding_attention").get("rope_type", "default") != "default" or (
+        _rope(config).get("rope_type", "default") != "default"
+    ):
+        raise UnsupportedExportError("GGUF gemma3: rope scaling is not written yet")
+    # llama.cpp scales queries by 1/sqrt(head_dim) (1/sqrt(hidden/heads) at 62 layers)
+    n = config.num_hidden_layers
+    scale_dim = config.hidden_size // config.num_attention_heads if n == 62 else head_dim(config)
+    if config.query_pre_attn_scalar != scale_dim or config.attn_logit_softcapping:
+        raise UnsupportedExportError(
+            f"GGUF gemma3: llama.cpp fixes the query scale to 1/sqrt({scale_dim}) and no "
+            f"attention softcap; this config has query_pre_attn_scalar="
+            f"{config.query_pre_attn_scalar} — export --format transformers instead"
         )
 
 
@@ -128,6 +157,12 @@ def write_hparams(writer: gguf.GGUFWriter, config, arch: Arch) -> None:
     if dim != config.hidden_size // heads:
         writer.add_key_length(dim)
         writer.add_value_length(dim)
+    if arch.gguf_name == "gemma3":
+        writer.add_sliding_window(config.sliding_window)
+        writer.add_sliding_window_pattern([t == "sliding_attention" for t in config.layer_types])
+        writer.add_rope_freq_base_swa(float(_rope(config, "sliding_attention")["rope_theta"]))
+        if config.final_logit_softcapping:
+            writer.add_final_logit_softcapping(config.final_logit_softcapping)
     if rope.get("rope_type") == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))

@@ -275,6 +275,24 @@ def _inside(path: Path, other: Path) -> bool:
     return path == other or path in other.parents
 
 
+def refuse_existing(
+    path: str | Path,
+    overwrite: bool,
+    protected: Mapping[str, str | Path | None] | Callable[[], Mapping] = (),
+    alternative: str | None = "pick another --output",
+) -> None:
+    """The rule every writing command applies before its work: an existing, non-empty `path`
+    is an OutputExistsError unless --overwrite, and then only if check_replaceable allows it.
+    `protected` may be a function, called only when an output is about to be replaced."""
+    path = Path(path)
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    if not overwrite:
+        tail = f", or {alternative}" if alternative else ""
+        raise OutputExistsError(f"{path} already exists — pass --overwrite to replace it{tail}")
+    check_replaceable(path, protected() if callable(protected) else protected)
+
+
 def check_replaceable(path: str | Path, protected: Mapping[str, str | Path | None] = ()) -> None:
     """OutputExistsError unless --overwrite may delete `path`: a directory lorakit marked as
     its output, holding only the names its marker lists, that is not (a parent of) any

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from lorakit.atomic import check_replaceable, replace_dir
+from lorakit.atomic import refuse_existing, replace_dir
 from lorakit.config import StrictConfig, TrainConfig
-from lorakit.errors import OutputExistsError
 
 CHAT_QUESTION = "In one sentence, why is fine-tuning only a few low-rank matrices cheaper than full fine-tuning?"
 
@@ -60,10 +59,8 @@ def run_demo(
     output: str = "runs/demo", overwrite: bool = False, quick: bool = False, say=print
 ) -> dict:
     out = Path(output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise OutputExistsError(f"{out} already exists — pass --overwrite to replace it")
-        check_replaceable(out)  # only an earlier demo's directory, never the user's files
+    # only an earlier demo's directory is replaced, never the user's files
+    refuse_existing(out, overwrite, alternative=None)
     replace_dir(out, "demo", DEMO_RUNS, lambda _: None)
     from lorakit.train import train
 

@@ -20,6 +20,7 @@ from lorakit.atomic import (
     check_replaceable,
     clean_temps,
     read_marker,
+    refuse_existing,
     replace_dir,
     write_json,
     writing,
@@ -162,12 +163,7 @@ def open_output(
         clean_temps(out)
         write_json(saved, settings)
         return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise OutputExistsError(
-                f"{out} already exists — pass --overwrite to replace it, or pick another --output"
-            )
-        check_replaceable(out, protected or {})
+    refuse_existing(out, overwrite, protected or {})
     names = (filename, *(f for f in files if f != filename))
     replace_dir(out, kind, names, lambda d: write_json(d / filename, settings))
 

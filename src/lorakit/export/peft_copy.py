@@ -22,8 +22,7 @@ from safetensors.torch import save_file
 from lorakit.adapters import read_adapter
 from lorakit.adapters.files import adapter_file
 from lorakit.adapters.peft_format import CONFIG_NAME, WEIGHTS_NAME, lora_key
-from lorakit.atomic import atomic_dir, check_replaceable
-from lorakit.errors import OutputExistsError
+from lorakit.atomic import atomic_dir, refuse_existing
 from lorakit.export.gguf_arch import UnsupportedExportError
 
 # vLLM's --max-lora-rank accepts these values only
@@ -61,12 +60,7 @@ def write_peft_copy(
             "export the merged model with --format transformers instead"
         )
     out = Path(output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise OutputExistsError(
-                f"{out} already exists — pass --overwrite to replace it, or pick another --output"
-            )
-        check_replaceable(out, {"the adapter": Path(adapter)})
+    refuse_existing(out, overwrite, {"the adapter": Path(adapter)})
     config = dict(read.raw)
     config["alpha_pattern"], config["base_model_name_or_path"] = {}, model
     tensors, folded = fold_scaling(read, config)

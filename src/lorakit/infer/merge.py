@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lorakit.atomic import atomic_dir, check_replaceable
-from lorakit.errors import ConfigError, OutputExistsError
+from lorakit.atomic import atomic_dir, refuse_existing
+from lorakit.errors import ConfigError
 from lorakit.infer.load import load_for_inference
 from lorakit.lora import merge_and_unload
 
@@ -26,12 +26,7 @@ def merge_to_directory(
     (W_q + s B A) — so the merged model reproduces the trained model's outputs.
     """
     out = Path(output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # refused before the work
-        if not overwrite:
-            raise OutputExistsError(
-                f"{out} already exists — pass --overwrite to replace it, or pick another --output"
-            )
-        check_replaceable(out, merge_inputs(model, adapter))
+    refuse_existing(out, overwrite, lambda: merge_inputs(model, adapter))  # before the work
     plain, tokenizer = merged_model(model, adapter, dequantize)
     # marked as lorakit's (listing its files), so a later --overwrite may replace it
     with atomic_dir(output, overwrite=True, kind="merge") as tmp:  # checked above

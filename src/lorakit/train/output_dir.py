@@ -7,9 +7,9 @@ import contextlib
 import json
 from pathlib import Path
 
-from lorakit.atomic import check_replaceable, clean_temps, replace_dir, write_json
+from lorakit.atomic import clean_temps, refuse_existing, replace_dir, write_json
 from lorakit.config import TrainConfig
-from lorakit.errors import ConfigError, LorakitError, OutputExistsError
+from lorakit.errors import ConfigError, LorakitError
 from lorakit.train.fingerprint import FILE as FINGERPRINT
 from lorakit.train.fingerprint import check_fingerprint, data_files, run_fingerprint
 
@@ -90,12 +90,10 @@ def check_output(config: TrainConfig) -> Path:
                 f"settings (see {saved}) or start a new run in another --output"
             )
         check_fingerprint(out, config)
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not config.overwrite:
-            raise OutputExistsError(
-                f"{out} already exists — pass --overwrite to replace it, or --resume to continue it"
-            )
-        check_replaceable(out, protected_paths(config))
+    else:
+        refuse_existing(
+            out, config.overwrite, lambda: protected_paths(config), "--resume to continue it"
+        )
     return out
 
 

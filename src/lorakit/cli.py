@@ -24,6 +24,7 @@ from lorakit.eval.config import EvalConfig
 from lorakit.export.config import ExportConfig
 from lorakit.infer.config import ChatConfig, ClassifyConfig, GenerateConfig, MergeConfig
 from lorakit.serve.config import ServeConfig
+from lorakit.serve.feedback_export import FeedbackExportConfig, FeedbackReportConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -174,6 +175,39 @@ def serve(config: ServeConfig) -> None:
     from lorakit.serve.launch import serve as run_server
 
     run_server(config)
+
+
+feedback_app = typer.Typer(
+    no_args_is_help=True, help="Feedback stored by `lorakit serve`: preference pairs and scores."
+)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export")
+@flags_only(FeedbackExportConfig)
+def feedback_export(config: FeedbackExportConfig) -> None:
+    """Feedback as preference pairs (JSONL) that `lorakit train --objective dpo` reads."""
+    from lorakit.serve.feedback_export import export_pairs
+
+    pairs, rows = export_pairs(config)
+    better = sum(p.origin == "better" for p in pairs)
+    print(
+        f"{len(pairs)} preference pair{'' if len(pairs) == 1 else 's'} ({better} with a better "
+        f"reply, {len(pairs) - better} 👍 vs 👎) from {rows} feedback rows → {config.output}"
+    )
+
+
+@feedback_app.command("report")
+@flags_only(FeedbackReportConfig)
+def feedback_report(config: FeedbackReportConfig) -> None:
+    """The feedback score (👍 / (👍 + 👎)) per model or adapter, and the pairs it gives."""
+    from lorakit.serve.feedback_export import print_report, report
+
+    result = report(config)
+    if config.as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_report(result)
 
 
 @app.command()

@@ -40,7 +40,10 @@ PROMPTS = [
     "The capital of France is",
     "def fib(n):",
 ]
-EXTRA = "extra"  # the adapter the loader loads and unloads
+EXTRA_DIR = "extra"  # the directory (under --adapter-dir) of the adapter the loader loads
+# ... and the name it loads it under: not the directory's, which a request would load on
+# first use (so it could never be unloaded for long)
+EXTRA = "extra-live"
 CHURN = "churn"  # the same directory under a name only the loader uses
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
@@ -242,7 +245,7 @@ class Soak:
         with self.client() as c:
             for job in self.jobs:
                 self.solo[job] = self._solo(c, job)
-            body = {"lora_name": EXTRA, "lora_path": str(self.allowed / EXTRA)}
+            body = {"lora_name": EXTRA, "lora_path": str(self.allowed / EXTRA_DIR)}
             r = c.post("/v1/load_lora_adapter", json=body)
             assert r.status_code == 200, r.text
             for job in self.extra_jobs:
@@ -381,7 +384,7 @@ class Soak:
             while time.perf_counter() < self.stop_at:
                 name = (EXTRA, CHURN)[turn % 2]
                 turn += 1
-                body = {"lora_name": name, "lora_path": str(self.allowed / EXTRA)}
+                body = {"lora_name": name, "lora_path": str(self.allowed / EXTRA_DIR)}
                 answer = self._check("loader", f"load {body}", _post, c, "/v1/load_lora_adapter", body)  # fmt: skip
                 if answer is None or answer.status != 200:
                     if answer is not None and answer.status < 500:

@@ -49,15 +49,16 @@ OPERATIONS = {
     "POST /v1/classify": 25,
     "POST /v1/load_lora_adapter": 40,
     "POST /v1/unload_lora_adapter": 40,
+    "POST /v1/feedback": 60,
 }
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(llama_model_dir, tiny_adapters):
+def fuzz_server(llama_model_dir, tiny_adapters, tmp_path_factory):
     allowed = tiny_adapters["a0"].parent
-    served = start_server(
-        llama_model_dir, {"a0": tiny_adapters["a0"]}, allowed, ["--max-tokens-cap", "16"]
-    )
+    db = tmp_path_factory.mktemp("fuzz-feedback") / "feedback.sqlite3"  # not the user's cache
+    args = ["--max-tokens-cap", "16", "--feedback-db", str(db)]
+    served = start_server(llama_model_dir, {"a0": tiny_adapters["a0"]}, allowed, args)
     try:
         yield served
     finally:
@@ -117,11 +118,14 @@ class Steer:
         if pick >= 4:
             return  # the generated body as is
         path = case.operation.path
-        if path in ("/v1/completions", "/v1/chat/completions") and "model" in body:
+        if path in ("/v1/completions", "/v1/chat/completions", "/v1/feedback") and "model" in body:
             body["model"] = self.models[pick % 3]
             if pick < 2:  # a valid prompt too: the sampling fields reach the engine
                 if path == "/v1/completions":
                     body["prompt"] = "Once upon a time"
+                elif path == "/v1/feedback":
+                    body.update(prompt="Once upon a time", reply="The end", rating="up")
+                    body.pop("messages", None)
                 else:
                     body["messages"] = [{"role": "user", "content": "Hello there"}]
         elif path == "/v1/load_lora_adapter" and "lora_path" in body:
@@ -157,6 +161,13 @@ NASTY = {
         *[("lora_path", v) for v in _STRINGS],
     ],
     "/v1/unload_lora_adapter": [("lora_name", v) for v in _STRINGS],
+    "/v1/feedback": [
+        *[(f, v) for f in ("prompt", "content", "reply", "better") for v in _STRINGS],
+        *[("rating", v) for v in ["", "\ud800", 1, -1, None]],
+        *[("response_id", v) for v in _STRINGS],
+        ("model", "\ud800"),
+        ("model", "\x00"),
+    ],
 }
 
 
@@ -176,6 +187,13 @@ def nasty(case, i: int, served) -> None:
     elif case.operation.path == "/v1/chat/completions":
         body.update(model=[served.base, "a0"][i % 2])
         body["messages"] = [{"role": "user", "content": "Hello there"}]
+    elif case.operation.path == "/v1/feedback":  # a valid body but for the one value
+        body.clear()
+        body.update(model=[served.base, "a0"][i % 2], reply="The end", rating="down")
+        if field == "content":
+            body["messages"] = [{"role": "user", "content": "Hello there"}]
+        elif field != "prompt":
+            body["prompt"] = "Once upon a time"
     if field == "content" and "messages" in body:  # completions: the prompt, again
         body["messages"][0]["content"] = value
     else:

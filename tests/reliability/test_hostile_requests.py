@@ -205,11 +205,12 @@ def test_error_messages_name_the_field_and_hide_server_paths(hostile):
 def test_a_loaded_adapter_serves_and_unloads_cleanly(hostile):
     served, dirs = hostile
     base = _completion(served, served.base)
-    r = _post(served, "/v1/load_lora_adapter", {"lora_name": "extra", "lora_path": str(dirs["extra"])})  # fmt: skip
+    # loaded under a name of its own (the directory's name would be loaded on first use)
+    r = _post(served, "/v1/load_lora_adapter", {"lora_name": "x-tra", "lora_path": str(dirs["extra"])})  # fmt: skip
     assert r.status_code == 200, r.text
-    assert _completion(served, "extra") != base
-    assert _post(served, "/v1/unload_lora_adapter", {"lora_name": "extra"}).status_code == 200
-    assert _post(served, "/v1/completions", {"model": "extra", "prompt": "a"}).status_code == 404
+    assert _completion(served, "x-tra") != base
+    assert _post(served, "/v1/unload_lora_adapter", {"lora_name": "x-tra"}).status_code == 200
+    assert _post(served, "/v1/completions", {"model": "x-tra", "prompt": "a"}).status_code == 404
     assert _completion(served, served.base) == base
 
 

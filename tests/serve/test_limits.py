@@ -1,7 +1,6 @@
 """Limits over real HTTP: an in-process uvicorn on 127.0.0.1 with a tiny model, so the
 test can hold the engine still (queue, deadlines, disconnects, health) deterministically."""
 
-import contextlib
 import json
 import socket
 import threading
@@ -9,36 +8,15 @@ import time
 
 import httpx
 import pytest
-import uvicorn
 
 from engine_hold import held
-from lorakit.serve.app import create_app
-from lorakit.serve.config import ServeConfig
-from lorakit.serve.server import Server
-
-
-@contextlib.contextmanager
-def _serving(llama_model_dir, **settings):
-    server = Server(ServeConfig(model=str(llama_model_dir), **settings))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    uv = uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.01)
-    try:
-        yield server, f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        uv.should_exit = True
-        thread.join(10)
-        server.close()
+from inprocess_server import serving
 
 
 @pytest.fixture
 def tiny_server(llama_model_dir, monkeypatch):
     monkeypatch.delenv("LORAKIT_API_KEY", raising=False)
-    with _serving(llama_model_dir, max_queue=1, max_batch_size=1) as served:
+    with serving(llama_model_dir, max_queue=1, max_batch_size=1) as served:
         yield served
 
 
@@ -92,7 +70,7 @@ def test_features_we_cannot_honour_are_refused_not_ignored(tiny_server, extra, w
 
 def test_deadline_disconnect_and_health(llama_model_dir, monkeypatch):
     monkeypatch.delenv("LORAKIT_API_KEY", raising=False)
-    with _serving(llama_model_dir, request_timeout=0.5, stall_timeout=0.3) as (server, url):
+    with serving(llama_model_dir, request_timeout=0.5, stall_timeout=0.3) as (server, url):
         engine = server.lm.engine
         body = {"model": server.lm.id, "prompt": "hello", "max_tokens": 3, "temperature": 0}
         assert httpx.get(url + "/health").status_code == 200
@@ -117,7 +95,7 @@ def test_deadline_disconnect_and_health(llama_model_dir, monkeypatch):
 
 def test_a_client_that_leaves_a_non_streaming_request_frees_it(llama_model_dir, monkeypatch):
     monkeypatch.delenv("LORAKIT_API_KEY", raising=False)
-    with _serving(llama_model_dir) as (server, url):
+    with serving(llama_model_dir) as (server, url):
         engine = server.lm.engine
         port = int(url.rsplit(":", 1)[1])
         body = json.dumps({"model": server.lm.id, "prompt": "hi", "max_tokens": 50}).encode()
@@ -145,7 +123,7 @@ def test_a_client_that_leaves_a_non_streaming_request_frees_it(llama_model_dir, 
 
 def test_chunked_bodies_count_toward_the_limit(llama_model_dir, monkeypatch):
     monkeypatch.delenv("LORAKIT_API_KEY", raising=False)
-    with _serving(llama_model_dir, max_body_bytes=4096) as (server, url):
+    with serving(llama_model_dir, max_body_bytes=4096) as (server, url):
         prompt = "x" * 6000
         payload = json.dumps({"model": server.lm.id, "prompt": prompt}).encode()
 
@@ -169,7 +147,7 @@ def test_load_is_invisible_until_done_and_unload_counts_queued_requests(
     monkeypatch.delenv("LORAKIT_API_KEY", raising=False)
     paths = make_adapters(llama_model_dir, tmp_path / "allowed", ["tenant", "late"])
     settings = dict(adapters={"tenant": str(paths["tenant"])}, adapter_dirs=[str(tmp_path)])
-    with _serving(llama_model_dir, **settings) as (server, url):
+    with serving(llama_model_dir, **settings) as (server, url):
         load = {"lora_name": "late", "lora_path": str(paths["late"])}
         loaded = {}
         with held(server.lm.engine):

@@ -216,22 +216,25 @@ def test_load_and_unload_adapters_at_runtime(client, served):
         base_url=served["url"], headers={"Authorization": f"Bearer {KEY}"}, timeout=60
     )
     spare = str(served["paths"]["spare"])
+    # "extra" names no directory under --adapter-dir: unknown until loaded under that name
     with pytest.raises(openai.NotFoundError):
-        _chat(client, "spare", PROMPTS[1])
-    r = http.post("/v1/load_lora_adapter", json={"lora_name": "spare", "lora_path": spare})
+        _chat(client, "extra", PROMPTS[1])
+    r = http.post("/v1/load_lora_adapter", json={"lora_name": "extra", "lora_path": spare})
     assert r.status_code == 200, r.text
-    assert "spare" in {m.id for m in client.models.list().data}
-    reply = _chat(client, "spare", PROMPTS[1]).choices[0].message.content
+    assert "extra" in {m.id for m in client.models.list().data}
+    reply = _chat(client, "extra", PROMPTS[1]).choices[0].message.content
     assert reply != _chat(client, "smollm2", PROMPTS[1]).choices[0].message.content
     assert (
         http.post(
-            "/v1/load_lora_adapter", json={"lora_name": "spare", "lora_path": spare}
+            "/v1/load_lora_adapter", json={"lora_name": "extra", "lora_path": spare}
         ).status_code
         == 409
     )
-    assert http.post("/v1/unload_lora_adapter", json={"lora_name": "spare"}).status_code == 200
+    assert http.post("/v1/unload_lora_adapter", json={"lora_name": "extra"}).status_code == 200
     with pytest.raises(openai.NotFoundError):
-        _chat(client, "spare", PROMPTS[1])
+        _chat(client, "extra", PROMPTS[1])
+    # "spare" is a directory under --adapter-dir: loaded on first use, the same reply
+    assert _chat(client, "spare", PROMPTS[1]).choices[0].message.content == reply
     # a broken adapter is refused and everything keeps working
     r = http.post(
         "/v1/load_lora_adapter", json={"lora_name": "broken", "lora_path": str(served["broken"])}

@@ -38,6 +38,7 @@ from lorakit.lora.saved_module import ModulesToSave
 
 __all__ = [
     "ReadAdapter",
+    "check_attachable",
     "attach_adapter",
     "load_adapter",
     "read_adapter",
@@ -225,6 +226,12 @@ def _plan(model: nn.Module, read: ReadAdapter):
                 )
     lora = {p: v for p, v in read.parts.items() if "A" in v}
     return lora, read.parts, read.saved
+
+
+def check_attachable(model: nn.Module, read: ReadAdapter) -> None:
+    """Raise AdapterMismatchError if `read` does not fit `model` (what attach_adapter checks
+    first), without changing the model."""
+    _plan(model, read)
 
 
 def _free_name(model: nn.Module, stem: str) -> str:

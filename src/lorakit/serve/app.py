@@ -17,10 +17,11 @@ from lorakit.errors import ConfigError, LorakitError
 from lorakit.infer.chat import render_chat
 from lorakit.infer.load import adapter_task
 from lorakit.serve import errors
-from lorakit.serve.engine import EngineBusy, Event
-from lorakit.serve.engine import Request as GenRequest
 from lorakit.serve.errors import ApiError
+from lorakit.serve.feedback import FeedbackRequest, FeedbackUnavailable
 from lorakit.serve.middleware import BodyLimit, Observe
+from lorakit.serve.request import EngineBusy, Event
+from lorakit.serve.request import Request as GenRequest
 from lorakit.serve.schemas import (
     ChatRequest,
     ClassifyRequest,
@@ -28,7 +29,7 @@ from lorakit.serve.schemas import (
     LoadAdapterRequest,
     UnloadAdapterRequest,
 )
-from lorakit.serve.security import allowed_path, runtime_changes_allowed
+from lorakit.serve.security import allowed_path, available_adapters, runtime_changes_allowed
 from lorakit.serve.server import Server, check_unicode
 
 SSE = "text/event-stream"
@@ -103,7 +104,10 @@ def create_app(server: Server) -> FastAPI:
         return FileResponse(server.config.page, media_type="text/html")
 
     @app.get("/v1/models")
-    async def models():
+    async def models(available: bool = False):
+        """The models and adapters the server has registered (each adapter's `residency`:
+        bank, memory or disk); with ?available=true also the adapter directories under
+        --adapter-dir it would load on first use."""
         data = [
             {
                 "id": e.id,
@@ -113,14 +117,37 @@ def create_app(server: Server) -> FastAPI:
                 "root": e.id,  # never a server path
                 "parent": e.parent,
                 "task": "classification" if e.kind == "classifier" else "generation",
+                **(
+                    {"residency": server.lm.adapters.status(e.id)}
+                    if e.kind == "lm" and e.parent
+                    else {}
+                ),
             }
             for e in list(server.catalog.entries.values())
         ]
+        if available:
+            known = {d["id"] for d in data}
+            more = await run_in_threadpool(available_adapters, server.roots)
+            data += [
+                {
+                    "id": n,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "lorakit",
+                    "root": n,
+                    "parent": server.lm.id,
+                    "task": "generation",
+                    "residency": "disk",
+                    "loaded": False,
+                }  # fmt: skip
+                for n in more
+                if n not in known
+            ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: Request):
-        req = server.request(body, body.prompt)
+        req = await run_in_threadpool(server.request, body, body.prompt)
         return await _respond(server, body, req, http, chat=False)
 
     @app.post("/v1/chat/completions")
@@ -134,7 +161,7 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(
                 400, f"the chat template rejected these messages: {exc}", "bad_messages"
             ) from None
-        req = server.request(body, prompt)
+        req = await run_in_threadpool(server.request, body, prompt)
         return await _respond(server, body, req, http, chat=True)
 
     @app.post("/v1/classify")
@@ -156,6 +183,16 @@ def create_app(server: Server) -> FastAPI:
             "model": body.model,
             "data": [{"index": i, "object": "classification", **r} for i, r in enumerate(results)],
         }
+
+    @app.post("/v1/feedback")
+    async def feedback(body: FeedbackRequest):
+        entry = server.catalog.get(body.model, "lm")  # 404 naming the models there are
+        try:  # off the event loop: the commit waits for the disk
+            fid = await run_in_threadpool(server.feedback.add, body.row())
+        except FeedbackUnavailable as exc:
+            raise ApiError(503, str(exc), "feedback_unavailable") from None
+        metrics.count_feedback(entry.id, body.rating)
+        return {"status": "ok", "id": fid}
 
     @app.post("/v1/load_lora_adapter")
     async def load_lora_adapter(body: LoadAdapterRequest):

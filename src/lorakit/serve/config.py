@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lorakit.config import StrictConfig
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ADAPTER_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"  # what a served adapter may be called
 
 
 class ServeConfig(StrictConfig):
@@ -28,6 +28,20 @@ class ServeConfig(StrictConfig):
         description="Directories runtime-loaded adapters may come from (none: runtime loading off).",
     )
     max_batch_size: int = Field(32, ge=1, description="Sequences decoded together at most.")
+    max_loras: int = Field(
+        64, ge=1, description="Generation adapters in the per-row bank at once (then LRU eviction)."
+    )
+    max_cpu_loras: int | None = Field(
+        None,
+        ge=1,
+        description="Adapters kept read in memory, bank included (default: twice --max-loras); "
+        "the rest are read from disk again when needed.",
+    )
+    prefix_cache_mb: float = Field(
+        256.0,
+        ge=0,
+        description="Memory for the keys and values of shared prompt prefixes (0: no reuse).",
+    )
     max_queue: int = Field(256, ge=1, description="Waiting requests at most (then 429).")
     max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens a request may ask.")
     max_prompt_tokens: int = Field(4096, ge=1, description="Longest prompt in tokens.")
@@ -48,14 +62,32 @@ class ServeConfig(StrictConfig):
         description="Environment variable holding the API key (unset: open; set but empty: refused).",
     )
     page: str | None = Field(None, description="An HTML file served at / (e.g. a chat page).")
+    feedback_db: str | None = Field(
+        None,
+        description="SQLite file POST /v1/feedback stores ratings in (default: feedback.sqlite3 "
+        "in lorakit's cache); created on the first feedback, never over another file.",
+    )
     device: str = Field("auto", description="auto, cpu or cuda.")
+
+    @model_validator(mode="after")
+    def _tiers(self):
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"max_cpu_loras ({self.max_cpu_loras}) must be at least max_loras ({self.max_loras})"
+                " — the memory tier holds the bank's adapters too"
+            )
+        return self
+
+    @property
+    def cpu_loras(self) -> int:
+        return self.max_cpu_loras or 2 * self.max_loras
 
     @field_validator("adapters", "classifier_adapters")
     @classmethod
     def _names(cls, adapters: dict[str, str]) -> dict[str, str]:
         import re
 
-        bad = [n for n in adapters if not re.match(_NAME, n)]
+        bad = [n for n in adapters if not re.fullmatch(ADAPTER_NAME, n)]
         if bad:
             raise ValueError(f"adapter names must be letters, digits, . _ - (got {bad})")
         return adapters

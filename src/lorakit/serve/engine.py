@@ -1,73 +1,45 @@
 """Continuous batching: one thread runs the model; requests join and leave between steps.
 
-Every iteration: run queued calls (adapter load/unload), prefill newly admitted requests
-in one forward (each row with its own adapter), then one decode step over all running
-rows (`adapter_per_row`: base rows and any mix of adapters in one forward). Tokens are
-handed to each request's `emit` callback as soon as they are chosen.
+Every iteration: run queued calls (adapter registration and unloading), bring the adapters
+waiting requests name into the bank (`AdapterCache`), prefill newly admitted requests in
+one forward (each row with its own adapter, stored prompt prefixes reused), then one decode
+step over all running rows (`adapter_per_row`: base rows and any mix of adapters in one
+forward) on the preallocated KV cache (`SlotCache`). Tokens are handed to each request's
+`emit` callback as soon as they are chosen.
 """
 
 from __future__ import annotations
 
 import inspect
-import itertools
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 
 import torch
 
-from lorakit.errors import LorakitError
 from lorakit.lora import adapter_per_row, list_adapters
-from lorakit.serve import kv
+from lorakit.serve import kv, prefill
+from lorakit.serve.adapter_cache import AdapterCache
+from lorakit.serve.prefix import PrefixCache
+from lorakit.serve.request import (
+    EngineBusy,
+    Event,
+    QueueFull,
+    Request,
+    emit,
+    fail,
+    timeout_message,
+)
 from lorakit.serve.sampling import generator_for, next_token
+from lorakit.serve.slots import SlotCache
 from lorakit.serve.text import TextState
 
-_ids = itertools.count()
+__all__ = ["Engine", "EngineBusy", "Event", "QueueFull", "Request"]
 
-
-class QueueFull(LorakitError):
-    """More requests waiting than --max-queue allows."""
-
-
-class EngineBusy(LorakitError):
-    """A model change could not start within its time limit (the engine is stuck or busy)."""
-
-
-@dataclass
-class Event:
-    text: str = ""
-    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    error: str | None = None
-    status: int = 500  # with an error: the HTTP status it deserves (4xx: the request's fault)
-    code: str | None = None
-
-
-@dataclass
-class Request:
-    prompt_ids: list[int]
-    adapter: str | None
-    max_tokens: int
-    emit: Callable[[Event], None]  # called from the engine thread
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    timeout: float | None = None  # seconds from creation until the request is ended
-    id: int = field(default_factory=lambda: next(_ids))
-    cancelled: bool = False
-    generated: list[int] = field(default_factory=list)
-    generator: torch.Generator | None = None
-    text: TextState | None = None
-    created: float = field(default_factory=time.perf_counter)
-
-    def expired(self, now: float) -> bool:
-        return self.timeout is not None and now - self.created > self.timeout
+BLOCKED_POLL_S = 0.25  # how often a queue that waits only for adapter loads checks deadlines
 
 
 class Engine:
@@ -79,11 +51,18 @@ class Engine:
         max_queue: int = 256,
         max_prefill_tokens: int = 4096,
         on_step: Callable[[int, int, float], None] | None = None,
+        adapters: AdapterCache | None = None,
+        prefix: PrefixCache | None = None,
+        max_columns: int = 2048,
     ):
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.max_prefill_tokens = max_prefill_tokens
         self.on_step = on_step  # (rows, new tokens, seconds) after every forward
+        # without an adapter cache, every adapter attached to the model is servable and
+        # prompt prefixes are not reused (nothing tells when an adapter's weights change)
+        self.adapters = adapters
+        self.prefix = prefix if prefix is not None else PrefixCache(0)
         self.device = next(model.parameters()).device
         self.eos = _eos_ids(model, tokenizer)
         params = inspect.signature(model.forward).parameters
@@ -92,8 +71,9 @@ class Engine:
         self._waiting: deque[Request] = deque()
         self._calls: deque[tuple[Callable, Future]] = deque()
         self._rows: list[Request] = []
-        self._cache = None  # transformers cache of the running rows
-        self._mask: torch.Tensor | None = None
+        self._max_columns = max_columns
+        self._slots = SlotCache(max_batch_size, max_columns)
+        self._blocked = False  # every waiting request waits for an adapter load
         self._wake = threading.Condition()
         self._stopping = False
         self.beat = time.monotonic()  # the engine thread's last sign of life
@@ -110,6 +90,13 @@ class Engine:
             request.generator = generator_for(request.seed)
             request.text = TextState(stop=list(request.stop))
             self._waiting.append(request)
+            self._blocked = False
+            self._wake.notify()
+
+    def wake(self) -> None:
+        """Something the waiting requests wait for is ready (an adapter was read)."""
+        with self._wake:
+            self._blocked = False
             self._wake.notify()
 
     def call(self, fn: Callable, timeout: float | None = None):
@@ -144,7 +131,7 @@ class Engine:
         if not self._thread.is_alive():
             return False, "the engine thread has stopped"
         with self._wake:
-            busy = bool(self._waiting or self._rows or self._calls)
+            busy = bool((self._waiting and not self._blocked) or self._rows or self._calls)
         idle_for = time.monotonic() - self.beat
         if busy and idle_for > stall_seconds:
             return False, f"the engine has made no progress for {idle_for:.0f} s"
@@ -155,13 +142,19 @@ class Engine:
             self._stopping = True
             self._wake.notify()
         self._thread.join(timeout=30)
+        if self.adapters is not None:
+            self.adapters.close()
 
     # -- the engine thread -------------------------------------------------------------------
+    def _work(self) -> bool:
+        return bool(self._calls or (self._waiting and not self._blocked) or self._rows)
+
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not (self._stopping or self._calls or self._waiting or self._rows):
-                    self._wake.wait()
+                while not (self._stopping or self._work()):
+                    if not self._wake.wait(BLOCKED_POLL_S if self._waiting else None):
+                        self._blocked = False  # a timed-out wait: look at the deadlines
                 if self._stopping:
                     break
                 calls = list(self._calls)
@@ -175,45 +168,68 @@ class Engine:
                     future.set_result(fn())
                 except BaseException as exc:  # the caller re-raises it
                     future.set_exception(exc)
-            with self._wake:
-                admit = self._admit()
             try:
+                self._bring_adapters()
+                with self._wake:
+                    admit = self._admit()
+                    self._blocked = bool(self._waiting) and not admit and not self._rows
                 if admit:
                     self._prefill(admit)
                 if self._rows:
                     self._decode()
             except Exception as exc:  # a bug: end the running rows, keep serving the rest
                 for req in self._rows:
-                    _fail(req, f"{type(exc).__name__}: {exc}", 500, "engine_error")
-                self._rows, self._cache, self._mask = [], None, None
+                    fail(req, f"{type(exc).__name__}: {exc}", 500, "engine_error")
+                self._rows, self._slots = [], SlotCache(self.max_batch_size, self._max_columns)
             self.beat = time.monotonic()
         with self._wake:
             left = [*self._waiting, *self._rows]
         for req in left:
-            _fail(req, "the server is shutting down", 503, "shutting_down")
+            fail(req, "the server is shutting down", 503, "shutting_down")
+
+    def _bring_adapters(self) -> None:
+        if self.adapters is None:
+            return
+        with self._wake:
+            wanted = [r.adapter for r in self._waiting if r.adapter is not None and not r.cancelled]
+        busy = {r.adapter for r in self._rows if r.adapter is not None}
+        self.adapters.prepare(wanted, busy)
 
     def _admit(self) -> list[Request]:
-        """Waiting requests that join now (called holding the lock)."""
+        """Waiting requests that join now (called holding the lock). A request whose adapter
+        is not in the bank yet stays in the queue without holding up the ones behind it."""
         admit, tokens, now = [], 0, time.perf_counter()
-        known = set(list_adapters(self.model))
-        while self._waiting and len(self._rows) + len(admit) < self.max_batch_size:
-            req = self._waiting[0]
+        cache = self.adapters
+        known = set(list_adapters(self.model)) if cache is None else cache.known
+        failed = cache.take_failures() if cache is not None else {}
+        keep: deque[Request] = deque()
+        while self._waiting:
+            req = self._waiting.popleft()
             if req.cancelled:  # its client left while it waited
-                self._waiting.popleft()
-                _emit(req, Event(finish_reason="cancelled", prompt_tokens=len(req.prompt_ids)))
+                emit(req, Event(finish_reason="cancelled", prompt_tokens=len(req.prompt_ids)))
                 continue
             if req.expired(now):
-                self._waiting.popleft()
-                _fail(req, _timeout_message(req), 408, "request_timeout")
+                fail(req, timeout_message(req), 408, "request_timeout")
                 continue
             if req.adapter is not None and req.adapter not in known:  # unloaded since
-                self._waiting.popleft()
-                _fail(req, f"adapter {req.adapter!r} was unloaded", 404, "model_not_found")
+                fail(req, f"adapter {req.adapter!r} was unloaded", 404, "model_not_found")
                 continue
-            if admit and tokens + len(req.prompt_ids) > self.max_prefill_tokens:
-                break
-            admit.append(self._waiting.popleft())
+            if req.adapter in failed:
+                fail(req, f"adapter {req.adapter!r} could not be loaded: {failed[req.adapter]}",
+                     400, "invalid_adapter")  # fmt: skip
+                continue
+            if cache is not None and req.adapter is not None and not req.seen:
+                req.seen = True
+                cache.count(req.adapter)
+            full = len(self._rows) + len(admit) >= self.max_batch_size or (
+                admit and tokens + len(req.prompt_ids) > self.max_prefill_tokens
+            )
+            if full or (cache is not None and not cache.admissible(req.adapter)):
+                keep.append(req)
+                continue
+            admit.append(req)
             tokens += len(req.prompt_ids)
+        self._waiting = keep
         return admit
 
     @torch.no_grad()
@@ -234,18 +250,27 @@ class Engine:
             )
         return logits, out.past_key_values
 
+    def _owners(self, rows: list[Request]) -> list[str | None]:
+        """Whose prefix blocks each row may reuse (None: not cached)."""
+        if not self.prefix.enabled:
+            return [None] * len(rows)
+        if self.adapters is None:
+            return ["base" if r.adapter is None else None for r in rows]
+        return [self.adapters.owner(r.adapter) for r in rows]
+
     def _prefill_forward(self, rows: list[Request]):
-        length = max(len(r.prompt_ids) for r in rows)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.full((len(rows), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, length - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            mask[i, length - len(r.prompt_ids) :] = 1
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
-        logits, cache = self._forward(rows, ids, mask, positions, kv.new_hf_cache())
-        return logits, kv.from_hf(cache, mask)
+        owners = self._owners(rows)
+        prompts = [r.prompt_ids for r in rows]
+        hits = [
+            self.prefix.lookup(o, p) if o is not None else []
+            for o, p in zip(owners, prompts, strict=True)
+        ]
+        batch = prefill.build(prompts, hits, self.tokenizer.pad_token_id or 0, self.device)
+        past = kv.to_hf(batch.past) if batch.past is not None else kv.new_hf_cache()
+        logits, cache = self._forward(rows, batch.ids, batch.mask, batch.positions, past)
+        packed = prefill.pack(kv.from_hf(cache, batch.mask))
+        prefill.store(self.prefix, owners, prompts, packed)
+        return logits, packed
 
     def _prefill(self, rows: list[Request]) -> None:
         try:
@@ -255,50 +280,47 @@ class Engine:
                 try:
                     self._join([req], *self._prefill_forward([req]))
                 except Exception as exc:
-                    _fail(req, f"this request could not be processed ({type(exc).__name__}: {exc})",
-                          500, "engine_error")  # fmt: skip
+                    fail(req, f"this request could not be processed ({type(exc).__name__}: {exc})",
+                         500, "engine_error")  # fmt: skip
             return
         self._join(rows, logits, new)
 
     def _join(self, rows: list[Request], logits: torch.Tensor, new: kv.BatchCache) -> None:
-        """Merge prefilled rows into the running batch and choose their first tokens."""
-        old = kv.from_hf(self._cache, self._mask) if self._rows else None
-        merged = kv.merge(old, new)
+        """Add prefilled rows to the running batch and choose their first tokens."""
+        self._slots.add(new)
         self._rows = self._rows + rows
-        self._cache, self._mask = kv.to_hf(merged), merged.mask
+        if self.adapters is not None:
+            self.adapters.touch(r.adapter for r in rows)
         self._advance(list(range(len(self._rows) - len(rows), len(self._rows))), logits)
 
     def _decode(self) -> None:
-        rows = self._rows
+        rows, slots = self._rows, self._slots
         ids = torch.tensor([[r.generated[-1]] for r in rows], device=self.device)
         positions = torch.tensor(
             [[len(r.prompt_ids) + len(r.generated) - 1] for r in rows], device=self.device
         )
-        ones = torch.ones((len(rows), 1), dtype=self._mask.dtype, device=self.device)
-        mask = torch.cat([self._mask, ones], dim=1)
-        before = kv.from_hf(self._cache, self._mask)  # the cache appends by concatenation
+        slots.reserve_step(1)
+        mask = slots.step_mask(1)
         try:
-            logits, cache = self._forward(rows, ids, mask, positions, self._cache)
+            logits, _ = self._forward(rows, ids, mask, positions, slots.hf_cache())
         except Exception as exc:  # drop the rows that fail alone; retry the rest next step
-            self._cache = kv.to_hf(before)
-            failed = [
+            failed = [  # the failed step wrote only past `length`: nothing to undo
                 i
-                for i, req in enumerate(rows)
-                if self._decode_fails_alone(
-                    before, i, ids[i : i + 1], mask[i : i + 1], positions[i : i + 1]
-                )  # fmt: skip
+                for i in range(len(rows))
+                if self._decode_fails_alone(i, ids[i : i + 1], positions[i : i + 1])
             ]
             if not failed:
                 raise exc from None
             for i in failed:
-                _fail(rows[i], "this request could not be decoded", 500, "engine_error")
+                fail(rows[i], "this request could not be decoded", 500, "engine_error")
             self._drop(set(failed))
             return
-        self._cache, self._mask = cache, mask
+        slots.commit(1)
         self._advance(list(range(len(rows))), logits)
 
-    def _decode_fails_alone(self, before, i, ids, mask, positions) -> bool:
-        alone = kv.select(before, [i])
+    def _decode_fails_alone(self, i: int, ids, positions) -> bool:
+        alone = self._slots.row(i)
+        mask = torch.cat([alone.mask, torch.ones_like(alone.mask[:, :1])], dim=1)
         try:
             self._forward([self._rows[i]], ids, mask, positions, kv.to_hf(alone))
         except Exception:
@@ -316,8 +338,8 @@ class Engine:
         now = time.perf_counter()
         for k, (i, req) in enumerate(zip(indices, rows, strict=True)):
             if not finite[k]:
-                _fail(req, "the model produced non-finite logits for this request",
-                      422, "non_finite_logits")  # fmt: skip
+                fail(req, "the model produced non-finite logits for this request",
+                     422, "non_finite_logits")  # fmt: skip
                 done.add(i)
                 continue
             try:
@@ -325,8 +347,8 @@ class Engine:
                 if self._step(req, token, now):
                     done.add(i)
             except Exception as exc:
-                _fail(req, f"generation failed for this request ({type(exc).__name__}: {exc})",
-                      500, "engine_error")  # fmt: skip
+                fail(req, f"generation failed for this request ({type(exc).__name__}: {exc})",
+                     500, "engine_error")  # fmt: skip
                 done.add(i)
         self._drop(done)
 
@@ -345,52 +367,22 @@ class Engine:
         if req.cancelled:
             finish = finish or "cancelled"
         if finish is None and req.expired(now):
-            _emit(req, Event(text=piece))
-            _fail(req, _timeout_message(req), 408, "request_timeout")
+            emit(req, Event(text=piece))
+            fail(req, timeout_message(req), 408, "request_timeout")
             return True
         event = Event(text=piece, finish_reason=finish)
         if finish:
             event.prompt_tokens = len(req.prompt_ids)
             event.completion_tokens = len(req.generated)
         if piece or finish:
-            _emit(req, event)
+            emit(req, event)
         return finish is not None
 
     def _drop(self, done: set[int]) -> None:
         if not done:
             return
-        keep = [i for i in range(len(self._rows)) if i not in done]
-        batch = kv.select(kv.from_hf(self._cache, self._mask), keep) if keep else None
-        self._rows = [self._rows[i] for i in keep]
-        self._cache = kv.to_hf(batch) if batch else None
-        self._mask = batch.mask if batch else None
-
-
-def _emit(req: Request, event: Event) -> None:
-    """Hand an event to the request's client; a failing callback only loses that client."""
-    try:
-        req.emit(event)
-    except Exception:
-        req.cancelled = True
-
-
-def _fail(req: Request, message: str, status: int, code: str) -> None:
-    req.cancelled = True
-    _emit(
-        req,
-        Event(
-            finish_reason="error",
-            error=message,
-            status=status,
-            code=code,
-            prompt_tokens=len(req.prompt_ids),
-            completion_tokens=len(req.generated),
-        ),
-    )
-
-
-def _timeout_message(req: Request) -> str:
-    return f"the request took longer than the server's --request-timeout of {req.timeout:g} s"
+        order = self._slots.remove(done)
+        self._rows = [self._rows[i] for i in order]
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

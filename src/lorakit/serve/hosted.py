@@ -3,10 +3,12 @@ classification model with its adapters.
 
 Adapter changes are transactions. Loading reads and validates the files on the caller's
 thread (`read_adapter`: config types, regexes, finite tensors), checks that the adapter
-changes nothing other tenants share, and only the final attach (shape checks, injection,
-copy — all-or-nothing) runs on the engine thread between steps. A name is reserved while
-its load runs and appears in the catalog only once the load is complete. An unload is
-decided on the engine thread, where every admitted request is counted.
+changes nothing other tenants share, and only the registration (shape checks against the
+model; the attach, all-or-nothing, when the bank has room) runs on the engine thread
+between steps. Where an LM adapter is afterwards — bank, memory or disk — is the
+`AdapterCache`'s business. A name is reserved while its load runs and appears in the
+catalog only once the load is complete. An unload is decided on the engine thread, where
+every admitted request is counted.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from lorakit.infer.classify import classify
 from lorakit.infer.load import adapter_task
 from lorakit.lora import adapter_per_row, delete_adapter
 from lorakit.models.load import load_model
+from lorakit.serve.adapter_cache import AdapterCache
 from lorakit.serve.catalog import Catalog, Entry, base_id
 from lorakit.serve.engine import Engine
 from lorakit.serve.errors import ApiError
+from lorakit.serve.prefix import PrefixCache
 
 CHANGE_TIMEOUT_S = 60.0  # how long a load/unload waits for the engine to take it
 
@@ -50,6 +54,11 @@ def _read_servable(path: str | Path, confine: bool):
     return read
 
 
+def _read_lm(path: Path, confine: bool):
+    _check_task(path, "causal-lm", confine)
+    return _read_servable(path, confine)
+
+
 class LanguageModel:
     def __init__(
         self,
@@ -57,6 +66,10 @@ class LanguageModel:
         device: str,
         catalog: Catalog,
         served_name: str | None = None,
+        max_loras: int = 64,
+        max_cpu_loras: int = 128,
+        prefix_cache_mb: float = 0.0,
+        metrics=None,
         **engine_args,
     ):
         self.model, self.tokenizer = load_model(name, "causal-lm")
@@ -67,19 +80,51 @@ class LanguageModel:
         self.context = int(
             getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048)
         )
-        self.engine = Engine(self.model, self.tokenizer, **engine_args)
+        self.prefix = PrefixCache(int(prefix_cache_mb * 2**20), metrics)
+        self.adapters = AdapterCache(
+            self.model,
+            max_loras,
+            max_cpu_loras,
+            reader=_read_lm,
+            wake=lambda: self.engine.wake(),
+            metrics=metrics,
+            on_evict=self.prefix.drop,
+        )
+        self.engine = Engine(
+            self.model,
+            self.tokenizer,
+            adapters=self.adapters,
+            prefix=self.prefix,
+            max_columns=self.context,
+            **engine_args,
+        )
+        self._resolving: dict[str, threading.Lock] = {}
+        self._resolving_lock = threading.Lock()
 
     def add_adapter(self, name: str, path: str | Path, confine: bool = False) -> None:
+        """Read and check the adapter here; register it between two engine steps (attached
+        at once if the bank has room, else on first use)."""
         self.catalog.reserve(name)
         try:
-            _check_task(path, "causal-lm", confine)
-            read = _read_servable(path, confine)
+            read = self.adapters.read(Path(path), confine)
             self.engine.call(
-                lambda: attach_adapter(self.model, read, adapter=name), CHANGE_TIMEOUT_S
+                lambda: self.adapters.register(name, Path(path), confine, read), CHANGE_TIMEOUT_S
             )
             self.catalog.add(Entry(name, "lm", self.id, str(path)))
         finally:
             self.catalog.release(name)
+
+    def add_on_demand(self, name: str, path: Path) -> None:
+        """Register an adapter a request names, once however many requests name it at once."""
+        with self._resolving_lock:
+            lock = self._resolving.setdefault(name, threading.Lock())
+        with lock:
+            try:
+                if name not in self.catalog.entries:
+                    self.add_adapter(name, path, confine=True)
+            finally:
+                with self._resolving_lock:
+                    self._resolving.pop(name, None)
 
     def remove_adapter(self, name: str) -> None:
         def unload() -> None:  # on the engine thread: every admitted request is counted
@@ -91,7 +136,7 @@ class LanguageModel:
                     "adapter_in_use",
                 )
             self.catalog.remove(name)
-            delete_adapter(self.model, name)
+            self.adapters.unregister(name)
 
         self.engine.call(unload, CHANGE_TIMEOUT_S)
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 from pathlib import Path
 
+from lorakit.adapters.peft_format import CONFIG_NAME
 from lorakit.errors import ConfigError
+from lorakit.serve.config import ADAPTER_NAME
 from lorakit.serve.errors import ApiError
 
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
+_ADAPTER_NAME = re.compile(ADAPTER_NAME)
 
 
 def api_key(variable: str) -> str | None:
@@ -96,3 +100,36 @@ def _is_dir(path: Path) -> bool:
         return path.is_dir()
     except (OSError, ValueError):
         return False
+
+
+def adapter_in_dirs(name: str, roots: list[Path]) -> Path | None:
+    """The adapter directory `name` names inside one of `roots`, for loading on first use:
+    a plain directory name (letters, digits, . _ -; no separator, no leading dot), whose
+    resolved path (links followed) is still inside that root and holds an adapter config.
+    None when there is none (the request's 404)."""
+    if not _ADAPTER_NAME.fullmatch(name):
+        return None
+    for root in roots:
+        try:
+            resolved = (root / name).resolve()
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if root in resolved.parents and _is_dir(resolved) and (resolved / CONFIG_NAME).is_file():
+            return resolved
+    return None
+
+
+def available_adapters(roots: list[Path], limit: int = 10_000) -> list[str]:
+    """Names `adapter_in_dirs` would load, at most `limit` (for /v1/models?available=true)."""
+    names: list[str] = []
+    for root in roots:
+        try:
+            children = sorted(p.name for p in root.iterdir())
+        except OSError:
+            continue
+        for name in children:
+            if len(names) >= limit:
+                return names
+            if name not in names and adapter_in_dirs(name, [root]) is not None:
+                names.append(name)
+    return names

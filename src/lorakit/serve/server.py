@@ -6,17 +6,18 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from lorakit.errors import ConfigError
+from lorakit.errors import AdapterNotFoundError, ConfigError, LorakitError
 from lorakit.infer.generate import encode_prompt
 from lorakit.serve.catalog import Catalog
 from lorakit.serve.config import ServeConfig
-from lorakit.serve.engine import Event, QueueFull
-from lorakit.serve.engine import Request as GenRequest
 from lorakit.serve.errors import ApiError
+from lorakit.serve.feedback import FeedbackStore
 from lorakit.serve.hosted import Classifier, LanguageModel
 from lorakit.serve.metrics import Metrics
+from lorakit.serve.request import EngineBusy, Event, QueueFull
+from lorakit.serve.request import Request as GenRequest
 from lorakit.serve.schemas import ChatRequest
-from lorakit.serve.security import api_key
+from lorakit.serve.security import adapter_in_dirs, api_key
 
 
 class Server:
@@ -35,6 +36,7 @@ class Server:
             raise ConfigError(f"--page {config.page} is not a file")
         if config.classifier_adapters and not config.classifier:
             raise ConfigError("--classifier-adapter needs --classifier MODEL")
+        self.feedback = FeedbackStore(config.feedback_db)  # checked now, created on first use
         self.lm = LanguageModel(
             config.model,
             config.device,
@@ -43,6 +45,10 @@ class Server:
             max_batch_size=config.max_batch_size,
             max_queue=config.max_queue,
             on_step=self.metrics.on_step,
+            max_loras=config.max_loras,
+            max_cpu_loras=config.cpu_loras,
+            prefix_cache_mb=config.prefix_cache_mb,
+            metrics=self.metrics,
         )
         for name, path in config.adapters.items():
             self.lm.add_adapter(name, path)
@@ -58,10 +64,32 @@ class Server:
 
     def close(self) -> None:
         self.lm.engine.close()
+        self.feedback.close()
 
     # -- generation ----------------------------------------------------------------------------
+    def resolve(self, model: str) -> str | None:
+        """The adapter a request's `model` names: a served one, or with --adapter-dir one of
+        its directories, registered on first use (a broken one: this request's 400)."""
+        try:
+            return self.lm.adapter_of(model)
+        except AdapterNotFoundError:
+            path = adapter_in_dirs(model, self.roots) if model not in self.catalog.entries else None
+            if path is None:
+                raise
+        try:
+            self.lm.add_on_demand(model, path)
+        except EngineBusy as exc:
+            raise ApiError(429, str(exc), "engine_busy") from None
+        except LorakitError as exc:  # the client's name in the message, not the server's path
+            raise ApiError(
+                400, str(exc).replace(str(path), model), "invalid_adapter", "model"
+            ) from None
+        self._count_adapters()
+        return model
+
     def request(self, body, prompt: str) -> GenRequest:
-        adapter = self.lm.adapter_of(body.model)
+        """A checked generation request (runs in a worker thread: it may read adapter files)."""
+        adapter = self.resolve(body.model)
         field = "messages" if isinstance(body, ChatRequest) else "prompt"
         ids = encode_checked(self.lm.tokenizer, prompt, field)
         cfg = self.config

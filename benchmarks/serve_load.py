@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
 import os
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def make_adapters(out: Path, n: int) -> list[Path]:
         cfg = lorakit.LoraConfig(
             r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
         )
+        torch.manual_seed(1000 + i)  # A's init: the same adapters in every run (outputs compared)
         lorakit.inject(model, cfg, adapter=f"a{i}")
         gen = torch.Generator().manual_seed(i)
         with torch.no_grad():
@@ -60,9 +62,11 @@ def make_adapters(out: Path, n: int) -> list[Path]:
     return paths
 
 
-def start_server(adapters: list[Path], batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    adapters: list[Path], batch: int, extra: list[str] = ()
+) -> tuple[subprocess.Popen, str]:
     cmd = [str(Path(sys.executable).parent / "lorakit"), "serve", "--port", "0",
-           "--max-batch-size", str(batch), "--max-queue", "4096"]  # fmt: skip
+           "--max-batch-size", str(batch), "--max-queue", "4096", *extra]  # fmt: skip
     for path in adapters:
         cmd += ["--adapter", f"{path.name}={path}"]
     env = {k: v for k, v in os.environ.items() if k != "LORAKIT_API_KEY"}
@@ -88,16 +92,19 @@ def run_load(url: str, names: list[str], max_tokens: int, concurrency: int) -> d
     http = httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=concurrency))
     start = time.perf_counter()
 
+    texts: list[str] = [""] * len(names)
+
     def one(i: int) -> tuple[int, float]:
         body = {"model": names[i], "max_tokens": max_tokens, "temperature": 0,
                 "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]}  # fmt: skip
         r = http.post("/v1/chat/completions", json=body)
         r.raise_for_status()
+        texts[i] = r.json()["choices"][0]["message"]["content"]
         return r.json()["usage"]["completion_tokens"], time.perf_counter() - start
 
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(one, range(len(names))))
-    return _summary(results, time.perf_counter() - start)
+    return {**_summary(results, time.perf_counter() - start), "texts": texts}
 
 
 def _summary(results: list[tuple[int, float]], seconds: float) -> dict:
@@ -148,11 +155,14 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--no-peft", action="store_true")
+    p.add_argument("--server-args", default="", help="extra `lorakit serve` flags, one string")
+    p.add_argument("--label", default="", help="printed before each row (which build this is)")
+    p.add_argument("--dump", help="write every reply here (JSON), to compare builds' outputs")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         adapters = make_adapters(Path(tmp), 64)
-        proc, url = start_server(adapters, args.concurrency)
+        proc, url = start_server(adapters, args.concurrency, args.server_args.split())
         try:
             run_load(url, ["smollm2-135m"] * 8, 4, 8)  # warm-up
             for label, k in [("base only", 0), ("8 adapters mixed", 8), ("64 adapters mixed", 64)]:
@@ -161,8 +171,8 @@ def main() -> None:
                 names = ["smollm2-135m" if k == 0 else f"a{i % k}" for i in range(args.requests)]
                 res = run_load(url, names, args.max_tokens, args.concurrency)
                 res["peak_mb"] = peak_rss_mb(proc.pid)
-                rows.append((label, res))
-                print(label, res, flush=True)
+                rows.append((f"{args.label}{label}", res))
+                print(label, {k: v for k, v in res.items() if k != "texts"}, flush=True)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -170,6 +180,8 @@ def main() -> None:
             res = peft_way(adapters, args.requests, args.max_tokens)
             res["peak_mb"] = peak_rss_mb()
             rows.append(("peft's way (64 adapters, one at a time)", res))
+    if args.dump:
+        Path(args.dump).write_text(json.dumps({label: r.get("texts") for label, r in rows}))
     base = rows[0][1]["tokens_per_s"]
     print(f"\nrequests={args.requests} concurrency={args.concurrency} max_tokens={args.max_tokens} "
           f"threads={torch.get_num_threads()}")  # fmt: skip

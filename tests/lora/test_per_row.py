@@ -222,3 +222,37 @@ def test_bank_follows_replaced_and_deleted_adapters():
     assert layer.__dict__["_bank"].names == ("a1", "a2")
     for i, name in enumerate(["a1", "a2"]):
         assert torch.allclose(batched[i], _alone(model, name, ids[i : i + 1])[0], atol=1e-5)
+
+
+def test_a_swapped_adapter_takes_the_freed_slot_and_rows_stay_exact():
+    """A server's adapter cache evicts one adapter and loads another: the newcomer is
+    written into the freed bank slot (no restacking), and every row still equals its
+    adapter alone; a newcomer of larger rank than the bank's makes it restack."""
+    model = _many(tiny_llama, 4, targets=["q_proj", "v_proj"])
+    ids = torch.randint(3, VOCAB, (3, 4))
+    layer = model.model.layers[0].self_attn.q_proj
+    with lorakit.adapter_per_row(model, ["a0", "a1", "a2"]):
+        logits(model, ids)
+    bank = layer.__dict__["_bank"]
+    r_max = bank.A.shape[2]
+    lorakit.delete_adapter(model, "a1")
+    lorakit.delete_adapter(model, "a3")
+    lorakit.inject(model, lorakit.LoraConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]),
+                   adapter="n1")  # fmt: skip
+    randomize_adapters(model, std=0.1, seed=77)
+    names = ["n1", "a2", "a0"]
+    with lorakit.adapter_per_row(model, names):
+        batched = logits(model, ids)
+    assert layer.__dict__["_bank"] is bank  # updated in place
+    assert bank.names[1] == "n1" and bank.names[3] == ""  # a1's slot reused, a3's freed
+    assert torch.count_nonzero(bank.A[3]) == 0
+    for i, name in enumerate(names):
+        assert torch.allclose(batched[i], _alone(model, name, ids[i : i + 1])[0], atol=1e-5)
+    lorakit.inject(model, lorakit.LoraConfig(r=r_max + 8, alpha=4,
+                                             target_modules=["q_proj", "v_proj"]), adapter="big")  # fmt: skip
+    randomize_adapters(model, std=0.1, seed=78)
+    with lorakit.adapter_per_row(model, ["big", "n1", None]):
+        batched = logits(model, ids)
+    assert layer.__dict__["_bank"] is not bank and "big" in layer.__dict__["_bank"].names
+    for i, name in enumerate(["big", "n1"]):
+        assert torch.allclose(batched[i], _alone(model, name, ids[i : i + 1])[0], atol=1e-5)

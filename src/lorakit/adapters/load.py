@@ -176,7 +176,7 @@ def _plan(model: nn.Module, read: ReadAdapter):
     base_name = read.config.base_model_name_or_path or "unknown"
     hint = f"was the adapter trained on another base model (its base: {base_name})?"
     candidates = adaptable_modules(model)
-    modules = dict(model.named_modules())
+    modules = _Modules(model)
     for path, parts in read.parts.items():
         if "A" in parts:
             if path not in candidates:
@@ -228,6 +228,23 @@ def _plan(model: nn.Module, read: ReadAdapter):
     return lora, read.parts, read.saved
 
 
+class _Modules:
+    """`dict(model.named_modules())` for the lookups attaching needs (`get`, `[path]`),
+    without walking the model: one holding many adapters has thousands of modules."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def get(self, path: str, default=None):
+        try:
+            return self.model.get_submodule(path)
+        except AttributeError:
+            return default
+
+    def __getitem__(self, path: str) -> nn.Module:
+        return self.model.get_submodule(path)
+
+
 def check_attachable(model: nn.Module, read: ReadAdapter) -> None:
     """Raise AdapterMismatchError if `read` does not fit `model` (what attach_adapter checks
     first), without changing the model."""
@@ -276,9 +293,8 @@ def attach_adapter(
             or None,
         )
     )
-    grads = {p: p.requires_grad for p in _adapter_parameters(model)}
     before = active_adapters(model)
-    snapshot = _Snapshot(model, parts_by_module)
+    snapshot = _Snapshot(model, parts_by_module)  # every parameter's requires_grad too
     try:
         try:
             inject(model, shape_config, name)
@@ -286,10 +302,14 @@ def attach_adapter(
             raise AdapterMismatchError(f"{read.path}: {exc}") from None
         adapter_configs(model)[name] = config
         _copy_in(model, name, parts_by_module, saved)
-        for p in model.parameters():
-            p.requires_grad_(False)
+        # inject froze everything but the new adapter (and the biases its config names,
+        # which attaching never trains); the adapters keep what they had, the new one is
+        # trainable only if asked
+        if config.bias != "none":
+            for p in model.parameters():
+                p.requires_grad_(False)
         for p in _adapter_parameters(model):
-            p.requires_grad_(grads.get(p, trainable))
+            p.requires_grad_(snapshot.grads.get(p, trainable))
         set_adapter(model, before or name)
     except BaseException:
         snapshot.restore(model, name)
@@ -318,11 +338,11 @@ class _Snapshot:
     """What attaching an adapter can change, kept to undo a failed attach."""
 
     def __init__(self, model: nn.Module, parts: dict):
-        self.modules = set(model.modules())
-        self.active = {m: list(m.active) for m in lora_modules(model)}
+        self.modules = set(lora_modules(model))  # the LoRA wrappers that existed before
+        self.active = {m: list(m.active) for m in self.modules}
         self.registry = RegistryState(model)
         self.grads = {p: p.requires_grad for p in model.parameters()}
-        modules = dict(model.named_modules())
+        modules = _Modules(model)
         self.biases = []
         for path, p in parts.items():
             target = modules.get(path)
@@ -360,7 +380,7 @@ def _adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 @torch.no_grad()
 def _copy_in(model: nn.Module, name: str, lora: dict, saved: dict) -> None:
-    modules = dict(model.named_modules())
+    modules = _Modules(model)
     for path, parts in lora.items():
         layer = modules[path]
         if isinstance(layer, LoraLayer) and name in layer.adapters:

@@ -17,19 +17,28 @@ from lorakit.lora.saved_module import ModulesToSave
 
 
 def adaptable_modules(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
-    """name -> (module, kind) for every module that can carry LoRA, wrappers' insides skipped."""
+    """name -> (module, kind) for every module that can carry LoRA, in `named_modules`
+    order, wrappers' insides skipped — not walked at all: a model holding many adapters has
+    thousands of modules inside its wrappers, and a server attaches adapters often."""
     found: dict[str, tuple[nn.Module, str]] = {}
-    skip: list[str] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(p + ".") for p in skip):
-            continue
+    seen: set[int] = set()
+
+    def walk(name: str, module: nn.Module) -> None:
+        if id(module) in seen:  # a shared module: its first name only, as named_modules
+            return
+        seen.add(id(module))
         if isinstance(module, LoraLayer):
             found[name] = (module, module.kind)
-            skip.append(name)
-        elif isinstance(module, ModulesToSave):
-            skip.append(name)
-        elif (kind := layer_kind(module)) is not None:
+            return
+        if isinstance(module, ModulesToSave):
+            return
+        if (kind := layer_kind(module)) is not None:
             found[name] = (module, kind)
+        for child, sub in module._modules.items():
+            if sub is not None:
+                walk(f"{name}.{child}" if name else child, sub)
+
+    walk("", model)
     return found
 
 

@@ -13,7 +13,9 @@ Base rows skip the LoRA branch. There is no Python loop over adapters or rows.
 
 Banks are cached per layer and rebuilt only when the layer's adapters change: another
 set of names, a replaced tensor, or an in-place update (tracked by tensor version). The
-check is a flat walk of the adapters' parameter dicts, cheap enough for every step.
+check is a flat walk of the adapters' parameter dicts, cheap enough for every step. When
+adapters only left and others came (a server's adapter cache swapping), the newcomers
+are written into the freed slots instead.
 """
 
 from __future__ import annotations
@@ -248,15 +250,17 @@ def _uniform_bank(bank: Bank, group: Group) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _stamp(layer: LoraLayer) -> tuple:
-    """What the bank depends on: adapter names, each tensor's identity and version."""
+    """What the bank depends on: the base tensor, and each adapter's name, tensor
+    identities and versions (one entry per adapter, so a swap can be told from a change)."""
     base = layer.base_tensor
-    parts: list = [id(base), base._version]
+    adapters = []
     for name, ad in layer.adapters._modules.items():
-        parts.append(name)
+        parts: list = [name]
         for p in ad._parameters.values():
             if p is not None:
                 parts += (id(p), p._version)
-    return tuple(parts)
+        adapters.append(tuple(parts))
+    return (id(base), base._version, *adapters)
 
 
 def _bank(layer: LoraLayer) -> Bank:
@@ -264,11 +268,51 @@ def _bank(layer: LoraLayer) -> Bank:
     cached: Bank | None = layer.__dict__.get("_bank")
     if cached is not None and cached.stamp == stamp:
         return cached
-    layer.__dict__.pop("_bank", None)  # free the old bank before building the new one
     with torch.no_grad():
+        if cached is not None and _swap_slots(layer, cached, stamp):
+            return cached
+        layer.__dict__.pop("_bank", None)  # free the old bank before building the new one
         bank = _build_bank(layer, stamp)
     layer.__dict__["_bank"] = bank  # plain attribute: not a buffer, never saved
     return bank
+
+
+_FREE = ""  # the name of a bank slot whose adapter left (no row names it)
+
+
+def _swap_slots(layer: LoraLayer, bank: Bank, stamp: tuple) -> bool:
+    """Update the bank in place when adapters only left and others came in their slots
+    (a server's adapter cache evicting and loading): each newcomer is written into a freed
+    slot instead of restacking every adapter. False when that does not fit (more adapters
+    than slots, a larger rank, DoRA, a changed base or a changed resident adapter)."""
+    if stamp[:2] != bank.stamp[:2] or bank.dora is not None:
+        return False
+    old = {entry[0]: entry for entry in bank.stamp[2:]}
+    new = {entry[0]: entry for entry in stamp[2:]}
+    if any(old[n] != e for n, e in new.items() if n in old):
+        return False  # an adapter that stayed was changed: restack
+    added = [n for n in new if n not in old]
+    free = [i for i, n in enumerate(bank.names) if n == _FREE or n not in new]
+    r_max = bank.A.shape[2]
+    if len(added) > len(free) or any(
+        layer.adapters[n].use_dora or layer.adapters[n].r > r_max for n in added
+    ):
+        return False
+    names = list(bank.names)
+    for i in free:
+        names[i] = _FREE
+    for name, slot in zip(added, free, strict=False):
+        ad = layer.adapters[name]
+        bank.A[slot].zero_()
+        bank.B[slot].zero_()
+        bank.A[slot, :, : ad.r] = ad.A.T
+        bank.B[slot, : ad.r] = (ad.B * ad.scaling).T
+        names[slot] = name
+    for slot in free[len(added) :]:  # stays free: zero, so a stale adapter is never read
+        bank.A[slot].zero_()
+        bank.B[slot].zero_()
+    bank.names, bank.stamp = tuple(names), stamp
+    return True
 
 
 def _build_bank(layer: LoraLayer, stamp: tuple) -> Bank:

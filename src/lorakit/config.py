@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -17,7 +17,7 @@ from pydantic import (
 
 from lorakit.errors import ConfigError
 
-__all__ = ["LoraConfig", "StrictConfig"]
+__all__ = ["LoraConfig", "StrictConfig", "DATA_COLUMNS"]
 
 
 class StrictConfig(BaseModel):
@@ -150,6 +150,71 @@ def _one_line(exc: ValidationError, cls: type[BaseModel]) -> str:
     )
 
 
+# How data files are read: the settings `lorakit train` (TrainConfig) and `lorakit eval`
+# (EvalConfig) share, each declared once here (type and description; both default to None,
+# format to "auto"). A `<role>_column` renames a role of lorakit.data.detect's formats.
+DataFormat = Annotated[
+    Literal["auto", "text", "prompt-response", "messages", "alpaca", "sharegpt", "preference"],
+    Field(
+        description=(
+            "Causal-LM data format; auto detects it from the columns (README: Data formats). "
+            "preference: prompt / chosen / rejected pairs (trained on prompt + chosen, or as "
+            "pairs with --objective dpo / orpo; scored as pairs by lorakit eval)."
+        )
+    ),
+]
+TextColumn = Annotated[
+    str | None,
+    Field(description="Text column: classification, causal-LM text format (default: text)."),
+]
+LabelColumn = Annotated[
+    str | None,
+    Field(description="Classification label column (default: label; tweets: sentiment)."),
+]
+PromptColumn = Annotated[
+    str | None,
+    Field(description="Prompt column: prompt-response, preference (default: prompt)."),
+]
+ResponseColumn = Annotated[
+    str | None, Field(description="Response column: prompt-response (default: response).")
+]
+MessagesColumn = Annotated[
+    str | None,
+    Field(
+        description="Conversation column: messages (default: messages), sharegpt (conversations)."
+    ),
+]
+ChosenColumn = Annotated[
+    str | None, Field(description="Preferred answer column: preference (default: chosen).")
+]
+RejectedColumn = Annotated[
+    str | None, Field(description="Rejected answer column: preference (default: rejected).")
+]
+InstructionColumn = Annotated[
+    str | None, Field(description="Instruction column: alpaca (default: instruction).")
+]
+InputColumn = Annotated[
+    str | None, Field(description="Optional input column: alpaca (default: input).")
+]
+OutputColumn = Annotated[str | None, Field(description="Answer column: alpaca (default: output).")]
+SystemColumn = Annotated[
+    str | None, Field(description="Optional system prompt column: alpaca (default: system).")
+]
+# the causal-LM roles a `<role>_column` field renames (data.detect.FLAGS holds their flags)
+DATA_COLUMNS = (
+    "text",
+    "prompt",
+    "response",
+    "messages",
+    "chosen",
+    "rejected",
+    "instruction",
+    "input",
+    "output",
+    "system",
+)
+
+
 class TrainConfig(StrictConfig):
     """One training run: `lorakit train [CONFIG.yaml] --flag ...` resolves to this."""
 
@@ -177,15 +242,7 @@ class TrainConfig(StrictConfig):
             "every row of every source once."
         ),
     )
-    format: Literal[
-        "auto", "text", "prompt-response", "messages", "alpaca", "sharegpt", "preference"
-    ] = Field(
-        "auto",
-        description=(
-            "Causal-LM data format; auto detects it from the columns (README: Data formats). "
-            "preference trains on prompt + chosen."
-        ),
-    )
+    format: DataFormat = "auto"
     output: str = Field(
         "runs/train", description="Run directory: adapter/, metrics.json, train_log.csv, plots."
     )
@@ -317,28 +374,17 @@ class TrainConfig(StrictConfig):
         description="LoRA+: B learns this many times faster (B's lr = lr * ratio, e.g. 16).",
     )
     seed: int = Field(0, description="Seeds init, data order and dropout: same seed, same run.")
-    text_column: str | None = Field(
-        None, description="Text column: classification, causal-LM text format (default: text)."
-    )
-    label_column: str | None = Field(
-        None, description="Classification label column (default: label; tweets: sentiment)."
-    )
-    prompt_column: str | None = Field(
-        None, description="Prompt column: prompt-response, preference (default: prompt)."
-    )
-    response_column: str | None = Field(
-        None, description="Response column: prompt-response (default: response)."
-    )
-    messages_column: str | None = Field(
-        None,
-        description="Conversation column: messages (default: messages), sharegpt (conversations).",
-    )
-    chosen_column: str | None = Field(
-        None, description="Preferred answer column: preference (default: chosen)."
-    )
-    rejected_column: str | None = Field(
-        None, description="Rejected answer column: preference (default: rejected)."
-    )
+    text_column: TextColumn = None
+    label_column: LabelColumn = None
+    prompt_column: PromptColumn = None
+    response_column: ResponseColumn = None
+    messages_column: MessagesColumn = None
+    chosen_column: ChosenColumn = None
+    rejected_column: RejectedColumn = None
+    instruction_column: InstructionColumn = None
+    input_column: InputColumn = None
+    output_column: OutputColumn = None
+    system_column: SystemColumn = None
     encoding: str = Field("utf-8", description="Text encoding of CSV/JSON files.")
     max_train_samples: int | None = Field(
         None, gt=0, description="Use at most this many training examples."

@@ -68,6 +68,16 @@ def test_lengths_of_dataset_and_list():
     assert lengths_of(Dataset.from_list(rows)) == [3, 0, 5]
 
 
+def test_lengths_of_an_empty_split():
+    # what prepare gives a split a small file leaves empty: columns of arrow type null
+    from lorakit.data.preference import empty_pairs, pair_lengths
+
+    empty = Dataset.from_dict({"input_ids": [], "labels": []})
+    assert lengths_of(empty) == [] and lengths_of([]) == []
+    assert length_grouped_batches(lengths_of(empty), 4, shuffle=False) == []
+    assert pair_lengths(empty_pairs()) == []
+
+
 def test_collate_pads_right_with_ignored_labels():
     out = collate(
         [{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}, {"input_ids": [8], "labels": [8]}],

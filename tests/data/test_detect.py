@@ -60,6 +60,15 @@ def test_renamed_columns():
     assert (found.format, found.columns) == ("prompt-response", {"prompt": "q", "response": "a"})
     found = detect_format(_table("body"), renamed={"text": "body"})
     assert found.columns == {"text": "body"}
+    # alpaca's columns are renamed the same way (optional ones too)
+    renamed = {"instruction": "task", "output": "answer", "input": "context"}
+    found = detect_format(_table("task", "answer", "context"), renamed=renamed)
+    assert (found.format, found.columns) == (
+        "alpaca",
+        {"instruction": "task", "output": "answer", "input": "context", "system": None},
+    )
+    with pytest.raises(DataError, match=r"'sys' \(--system-column\)"):
+        detect_format(_table("task", "answer"), renamed={**renamed, "system": "sys"})
     # a renamed column that is missing is an error, never a fall-through to another format
     with pytest.raises(DataError, match=r"no column 'question' \(--prompt-column\)"):
         detect_format(_table("text"), renamed={"prompt": "question"})
@@ -75,6 +84,7 @@ def test_no_format_fits_lists_formats_and_columns():
         assert f"{fmt} (" in message
     assert "alpaca (instruction, output, [input], [system])" in message
     assert "sharegpt (conversations)" in message
+    assert "--instruction-column" in message and "--rejected-column" in message
 
 
 def test_forced_format():

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from lorakit.cli import main
 from lorakit.cli_options import config_command
-from lorakit.config import StrictConfig
+from lorakit.config import DATA_COLUMNS, StrictConfig
 
 
 class Toy(StrictConfig):
@@ -128,7 +128,8 @@ def test_eval_command_line(calls):
                 task=None,
                 split="train",
                 max_eval_samples=None,
-                text_column=None,
+                format="auto",
+                **{f"{role}_column": None for role in DATA_COLUMNS},
                 label_column=None,
                 objective=None,
                 beta=None,

@@ -79,6 +79,40 @@ def test_eval_against_a_reference_adapter(dpo_run, llama_model_dir, prefs_jsonl,
     assert base["reward_margin"] == pytest.approx(0.4 * trained["reward_margin"], rel=1e-4)
 
 
+def test_eval_reads_renamed_columns_and_a_forced_format(
+    dpo_run, llama_model_dir, prefs_jsonl, tmp_path, capsys
+):
+    renamed = tmp_path / "renamed.jsonl"
+    with open(prefs_jsonl) as src, open(renamed, "w") as dst:
+        for line in src:
+            row = json.loads(line)
+            new = {"question": row["prompt"], "good": row["chosen"], "bad": row["rejected"]}
+            dst.write(json.dumps(new) + "\n")
+    base = ["eval", "--model", str(llama_model_dir), "--adapter", str(dpo_run / "adapter")]
+    base += ["--max-eval-samples", "8", "--json"]
+    capsys.readouterr()
+    assert main([*base, "--data", str(prefs_jsonl)]) == 0
+    plain = json.loads(capsys.readouterr().out)["metrics"]
+    args = [*base, "--data", str(renamed), "--prompt-column", "question"]
+    args += ["--chosen-column", "good", "--rejected-column", "bad"]
+    for extra in ((), ("--format", "preference")):
+        assert main([*args, *extra]) == 0
+        mapped = json.loads(capsys.readouterr().out)["metrics"]
+        # the same pairs, in the same splits: the same scores
+        assert mapped["pairs"] == plain["pairs"] == 8
+        for name in ("reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps"):
+            assert mapped[name] == pytest.approx(plain[name], abs=1e-6), name
+    # without the renames, or with a format the columns do not fit: one line, exit 2
+    for bad, match in (
+        ([*base, "--data", str(renamed)], "no data format fits"),
+        ([*args, "--format", "prompt-response"], "does not hold the prompt-response format"),
+        ([*args, "--messages-column", "chat"], "no column 'chat' (--messages-column)"),
+    ):
+        code = main(bad)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and match in err[0], err
+
+
 def test_eval_refuses_pair_options_without_pairs(llama_model_dir, qa_jsonl, capsys):
     args = ["eval", "--model", str(llama_model_dir), "--data", str(qa_jsonl), "--beta", "0.2"]
     code = main(args)

@@ -21,6 +21,8 @@ IGNORE = -100
 
 def lengths_of(ds, column: str = "input_ids") -> list[int]:
     """Token counts of a datasets.Dataset column (or of a list of dicts) without decoding rows."""
+    if len(ds) == 0:  # an empty split's columns have no list type (arrow: null) to measure
+        return []
     if hasattr(ds, "with_format"):
         import pyarrow.compute as pc
 

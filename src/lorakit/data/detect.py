@@ -1,6 +1,6 @@
 """Which causal-LM data format a table holds: detected from its columns, or the one --format names.
 
-Formats and the columns they read (the `--*-column` flags rename them):
+Formats and the columns they read (the `--<column>-column` flags rename them):
 
     preference       chosen, rejected, [prompt]       TRL's preference pairs
     messages         messages                         OpenAI chat: [{role, content}, ...]
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset
 
+from lorakit.config import DATA_COLUMNS
 from lorakit.data.split import column
 from lorakit.errors import DataError
 
@@ -36,15 +37,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 }
 OPTIONAL: dict[str, tuple[str, ...]] = {"preference": ("prompt",), "alpaca": ("input", "system")}
 DEFAULT_NAMES = {"sharegpt": {"messages": "conversations"}}
-# the flag that renames each role (alpaca's columns have fixed names)
-FLAGS = {
-    "text": "--text-column",
-    "prompt": "--prompt-column",
-    "response": "--response-column",
-    "messages": "--messages-column",
-    "chosen": "--chosen-column",
-    "rejected": "--rejected-column",
-}
+# the flag that renames each role (the config field `<role>_column`: lorakit.config.DATA_COLUMNS)
+FLAGS = {role: f"--{role}-column" for role in DATA_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -105,9 +99,8 @@ def detect_format(
         return found
     raise DataError(
         f"{where}: no data format fits its columns ({', '.join(names)}) — the formats and their "
-        f"columns: {describe_formats()}; rename the columns, map them with --text-column, "
-        "--prompt-column, --response-column, --messages-column, --chosen-column, "
-        "--rejected-column, or pick a format with --format"
+        f"columns: {describe_formats()}; rename the columns, map them with "
+        f"{', '.join(FLAGS.values())}, or pick a format with --format"
     )
 
 

@@ -142,6 +142,8 @@ def pair_lengths(ds: Dataset) -> list[int]:
     """The longer sequence of each encoded pair: what a batch of pairs is padded to."""
     import pyarrow.compute as pc
 
+    if len(ds) == 0:  # empty_pairs' columns have no list type (arrow: null) to measure
+        return []
     table = ds.with_format("arrow")
     chosen = pc.list_value_length(table["chosen_input_ids"]).to_pylist()
     rejected = pc.list_value_length(table["rejected_input_ids"]).to_pylist()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from datasets import Dataset, DatasetDict, concatenate_datasets
 
-from lorakit.config import TrainConfig
+from lorakit.config import DATA_COLUMNS, TrainConfig
 from lorakit.data.convert import form_of, to_form
 from lorakit.data.detect import detect_format
 from lorakit.data.formats import (
@@ -147,14 +147,7 @@ def _read(config: TrainConfig, source: str, chat: bool, pairs: bool = False) -> 
         )
         return _Source(splits, stats, "messages", finish=tweets_as_chat)
     parts = read_parts(source, config.encoding)
-    renamed = {
-        "text": config.text_column,
-        "prompt": config.prompt_column,
-        "response": config.response_column,
-        "messages": config.messages_column,
-        "chosen": config.chosen_column,
-        "rejected": config.rejected_column,
-    }
+    renamed = {role: getattr(config, f"{role}_column") for role in DATA_COLUMNS}
     train = parts["train"]
     detected = detect_format(train.table, config.format, renamed, where=train.name)
     if required and detected.format != "preference":

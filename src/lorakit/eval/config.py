@@ -6,12 +6,27 @@ from typing import Literal
 
 from pydantic import Field
 
-from lorakit.config import StrictConfig
+from lorakit.config import (
+    ChosenColumn,
+    DataFormat,
+    InputColumn,
+    InstructionColumn,
+    LabelColumn,
+    MessagesColumn,
+    OutputColumn,
+    PromptColumn,
+    RejectedColumn,
+    ResponseColumn,
+    StrictConfig,
+    SystemColumn,
+    TextColumn,
+)
 
 
 class EvalConfig(StrictConfig):
     """One evaluation (`lorakit eval --flag ...`); the fields are `evaluate()`'s arguments,
-    except `as_json`. The data fields mirror TrainConfig's, which evaluate() validates them as."""
+    except `as_json`. The data-reading fields (format, the columns) are TrainConfig's own
+    declarations (lorakit.config), and evaluate() validates them as a TrainConfig."""
 
     model: str = Field("minilm", description="Base model.")
     adapter: str | None = Field(None, description="Adapter directory.")
@@ -22,10 +37,18 @@ class EvalConfig(StrictConfig):
     max_eval_samples: int | None = Field(
         None, gt=0, description="Evaluate on at most this many examples."
     )
-    text_column: str | None = Field(None, description="Classification text column (default: text).")
-    label_column: str | None = Field(
-        None, description="Classification label column (default: label; tweets: sentiment)."
-    )
+    format: DataFormat = "auto"
+    text_column: TextColumn = None
+    label_column: LabelColumn = None
+    prompt_column: PromptColumn = None
+    response_column: ResponseColumn = None
+    messages_column: MessagesColumn = None
+    chosen_column: ChosenColumn = None
+    rejected_column: RejectedColumn = None
+    instruction_column: InstructionColumn = None
+    input_column: InputColumn = None
+    output_column: OutputColumn = None
+    system_column: SystemColumn = None
     objective: Literal["dpo", "orpo"] | None = Field(
         None,
         description=(

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from lorakit.adapters import load_adapter
-from lorakit.config import TrainConfig
+from lorakit.config import DATA_COLUMNS, TrainConfig
 from lorakit.data.prepare import prepare
 from lorakit.errors import ConfigError, DataError
 from lorakit.eval.passes import finite
@@ -35,14 +35,24 @@ def evaluate(
     objective: str | None = None,
     beta: float | None = None,
     reference_adapter: str | None = None,
+    format: str = "auto",
+    **columns: str | None,
 ) -> dict:
     """Metrics of the model (+ adapter) on `split`; with compare_base, of the base model too.
 
-    Preference data also gets the pair metrics, scored as `objective` with `beta` (default:
-    the adapter's training values); DPO's rewards are measured against `reference_adapter`,
-    or the base model (the adapter switched off)."""
+    The data is read as `lorakit train` reads it: `format` and the column renames
+    (`prompt_column`, `response_column`, `messages_column`, `chosen_column`,
+    `rejected_column`, `instruction_column`, `input_column`, `output_column`,
+    `system_column`: TrainConfig's fields). Preference data also gets the pair metrics,
+    scored as `objective` with `beta` (default: the adapter's training values); DPO's
+    rewards are measured against `reference_adapter`, or the base model (the adapter
+    switched off). An empty split (a data file too small to leave rows for it) is a
+    DataError."""
     if split not in ("train", "validation", "test"):
         raise ConfigError(f"unknown split {split!r} — use train, validation or test")
+    unknown = sorted(set(columns) - {f"{role}_column" for role in DATA_COLUMNS})
+    if unknown:  # only the column renames travel through **columns
+        raise TypeError(f"evaluate() got unexpected keyword arguments {unknown}")
 
     loaded, tokenizer, task, labels = load_for_inference(model, adapter, task)
     # The data half of a TrainConfig, validated as `lorakit train` validates it; the
@@ -51,13 +61,21 @@ def evaluate(
         model=model,
         task=task,
         data=data,
+        format=format,
         text_column=text_column,
         label_column=label_column,
+        **columns,
         max_eval_samples=max_eval_samples,
         max_train_samples=max_eval_samples if split == "train" else 1,
         max_length=max_length,
     )
     prepared = prepare(data_config, tokenizer, pairs_if_present=True)
+    if len(getattr(prepared, split)) == 0:
+        raise DataError(
+            f"the {split} split of {data} is empty ({prepared.stats.summary()}): too few rows "
+            f"for a {split} split — evaluate another split (--split train), give more rows, "
+            f"or a directory with train and {split} files"
+        )
     if labels and prepared.labels and list(labels) != list(prepared.labels):
         raise DataError(
             f"the data's classes {prepared.labels} differ from the adapter's {labels} — "

@@ -69,6 +69,8 @@ def evaluate_perplexity(model, ds: Dataset, pad_id: int, batch_size: int = 16) -
     for _, batch in _batches(ds, batch_size, pad_id, device):
         nll += causal_lm_loss(model, batch, reduction="sum").item()
         tokens += int((batch["labels"][:, 1:] != IGNORE).sum())
+    if tokens == 0:  # nothing labelled (an empty split): no perplexity, not exp(0) = 1
+        return {"perplexity": math.nan, "eval_loss": math.nan, "eval_tokens": 0}
     return {
         "perplexity": perplexity(nll, tokens),
         "eval_loss": nll / max(tokens, 1),

@@ -8,8 +8,8 @@ from lorakit.adapters import save_adapter
 from lorakit.atomic import WriteError, write_json
 from lorakit.config import TrainConfig
 from lorakit.eval.measure import peak_memory_mb
-from lorakit.eval.passes import evaluate_perplexity, finite
-from lorakit.eval.splits import split_metrics, validation_metric
+from lorakit.eval.passes import finite
+from lorakit.eval.splits import perplexity_metrics, split_metrics, validation_metric
 from lorakit.train import distributed
 from lorakit.train.checkpoint import list_checkpoints
 from lorakit.train.fsdp import gathered
@@ -105,7 +105,7 @@ def _fit_and_report(run: Run, log, progress: bool, baseline: bool) -> dict:
         _scores(run, "validation")
         if config.task == "classification"
         else {
-            **evaluate_perplexity(run.model, run.data.validation, run.tokenizer.pad_token_id),
+            **perplexity_metrics(run.model, run.tokenizer, run.data, "validation"),
             **_pair_scores(run, "validation"),
         }
     )
@@ -147,7 +147,7 @@ def _write_reports(run: Run, metrics: dict) -> None:
     write_log_csv(out / "train_log.csv", log)
     if log:
         plot_training(out, log, _tracked(run.config).replace("_", " "))
-    if run.config.task == "classification":
+    if run.config.task == "classification" and "confusion_matrix" in metrics["test"]:
         plot_confusion(
             out / "confusion_matrix.png", metrics["test"]["confusion_matrix"], run.data.labels
         )
@@ -169,6 +169,8 @@ def summary(metrics: dict, output: str) -> str:
     scores = ", ".join(
         f"test {k} {test[k]:.4f}" for k in names if isinstance(test.get(k), int | float)
     )
+    if test.get("examples") == 0:
+        scores = "no test scores (the test split is empty)"
     return (
         f"done: {metrics['steps']} steps in {metrics['train_seconds']:.1f}s "
         f"({metrics['train_samples_per_s']:.1f} samples/s, "

@@ -21,6 +21,7 @@ from lorakit.data.prepare import Prepared, prepare
 from lorakit.device import is_sharded, resolve_device
 from lorakit.eval.loss import IGNORE, loss_fn
 from lorakit.eval.preference_loss import METRICS, pair_metrics
+from lorakit.eval.splits import empty_split_notes
 from lorakit.lora import trainable_line, trainable_parameters
 from lorakit.models.load import load_model, load_tokenizer, model_dir, resolve_model
 from lorakit.train import distributed
@@ -69,6 +70,8 @@ def build(config: TrainConfig, log=print) -> Run:
         f"data: {data.stats.summary()}; using train {len(data.train):,} / validation {len(data.validation):,}"
         f" / test {len(data.test):,}"
     )
+    for note in empty_split_notes(data):
+        log(note)
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(
         config.model, config.task, label_names=data.labels, seed=config.seed

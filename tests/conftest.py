@@ -22,7 +22,8 @@ POSITIVE = ["good", "great", "lovely", "happy", "fine"]
 NEGATIVE = ["bad", "awful", "sad", "angry", "poor"]
 
 
-def _write_bert(path):
+def _write_bert(path, labels: list[str] | None = None, layers: int = 2):
+    """A tiny random BERT classifier (2 labels, or `labels` as its id2label) + byte tokenizer."""
     from transformers import BertConfig, BertForSequenceClassification
 
     from tiny_tokenizer import VOCAB as BYTE_VOCAB
@@ -33,10 +34,15 @@ def _write_bert(path):
         vocab_size=BYTE_VOCAB,
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         max_position_embeddings=256,
-        num_labels=2,
+        num_labels=len(labels) if labels else 2,
+        **(
+            {"id2label": dict(enumerate(labels)), "label2id": {m: i for i, m in enumerate(labels)}}
+            if labels
+            else {}
+        ),  # fmt: skip
     )
     BertForSequenceClassification(cfg).save_pretrained(path)
     make_tokenizer(chat_template=None).save_pretrained(path)

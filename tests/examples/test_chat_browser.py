@@ -13,7 +13,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-import torch
 
 from lorakit.cli import main
 from reliability.server_fixtures import KEY, start_server
@@ -35,26 +34,9 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def mood_classifier(tmp_path_factory):
     """A tiny random BERT whose labels are the page's moods (its id2label)."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from conftest import _write_bert
 
-    from tiny_tokenizer import VOCAB, make_tokenizer
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        max_position_embeddings=256,
-        num_labels=3,
-        id2label=dict(enumerate(MOODS)),
-        label2id={m: i for i, m in enumerate(MOODS)},
-    )
-    path = tmp_path_factory.mktemp("models") / "tiny-mood"
-    BertForSequenceClassification(config).save_pretrained(path)
-    make_tokenizer(chat_template=None).save_pretrained(path)
-    return path
+    return _write_bert(tmp_path_factory.mktemp("models") / "tiny-mood", MOODS, layers=1)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,9 @@ stack:
   padded to the longest allowed length);
 - peft + Trainer, dynamic padding: the same with padding to each batch's longest example;
 - lorakit train: length-grouped batches, dynamic padding, LM head only on labelled positions.
+Precision (issue #15): `peft-bf16` is peft + Trainer with `bf16=True, use_cpu=True` (what a
+user with a bf16 CPU would do); `lorakit-fp32` forces `--precision fp32`; `lorakit` runs the
+default (`auto`: bf16 where this machine's bf16 matmul is measured fast, else fp32).
 Each variant runs in its own process (peak RSS is its own) and is scored by lorakit's
 evaluation on the same test examples (peft's adapter merged into its model first): accuracy
 and macro-F1 for MiniLM (tweet sentiment), exact match for SmolLM2 (tweets as instructions).
@@ -29,6 +32,7 @@ import torch
 from lorakit.eval.measure import peak_memory_mb
 
 VARIANTS = ["peft-max-length", "peft-dynamic", "lorakit"]
+PRECISION_VARIANTS = ["peft-bf16", "lorakit-fp32", "lorakit"]  # --variants for issue #15
 
 
 def config(task: str, samples: int, quick: bool = False):
@@ -49,6 +53,7 @@ def run_lorakit(cfg) -> dict:
 
     m = train(cfg, progress=False, log=lambda *a, **k: None)
     return {
+        "precision": m.get("precision", "fp32"),
         "seconds": m["train_seconds"],
         "samples": m["train_samples"],
         "steps": m["steps"],
@@ -56,7 +61,7 @@ def run_lorakit(cfg) -> dict:
     }
 
 
-def run_peft(cfg, padding: str) -> dict:
+def run_peft(cfg, padding: str, bf16: bool = False) -> dict:
     import peft
     from transformers import (
         DataCollatorForSeq2Seq,
@@ -109,6 +114,7 @@ def run_peft(cfg, padding: str) -> dict:
         save_strategy="no",
         logging_strategy="no",
         use_cpu=True,
+        bf16=bf16,  # Trainer's CPU mixed precision: autocast over the fp32 model
         disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=data.train, data_collator=collator)
@@ -117,6 +123,7 @@ def run_peft(cfg, padding: str) -> dict:
     seconds = time.perf_counter() - t0
     merged = model.merge_and_unload().eval()
     return {
+        "precision": "bf16 autocast" if bf16 else "fp32",
         "seconds": seconds,
         "samples": out.global_step * cfg.batch_size,
         "steps": out.global_step,
@@ -128,8 +135,11 @@ def child(task: str, variant: str, samples: int, quick: bool) -> dict:
     cfg = config(task, samples, quick)
     if variant == "lorakit":
         r = run_lorakit(cfg)
+    elif variant == "lorakit-fp32":
+        r = run_lorakit(cfg.model_copy(update={"precision": "fp32"}))
     else:
-        r = run_peft(cfg, "max_length" if variant == "peft-max-length" else "longest")
+        padding = "max_length" if variant == "peft-max-length" else "longest"
+        r = run_peft(cfg, padding, bf16=variant == "peft-bf16")
     r["peak_rss_mb"] = peak_memory_mb()  # VmHWM: this process's own peak
     return r
 
@@ -161,22 +171,24 @@ def main() -> None:
                 sys.exit(f"{task}:{variant} failed")
             results[(task, variant)] = json.loads(lines[-1][7:])
     print(
-        "| model | stack | steps | train s | samples/s | vs peft max-length | vs peft dynamic | peak RSS MB | vs peft dynamic | test metric |"
+        "| model | stack | precision | steps | train s | samples/s | vs peft max-length | vs peft dynamic | vs lorakit fp32 | peak RSS MB | vs peft dynamic | test metric |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (task, variant), r in results.items():
         sps = r["samples"] / r["seconds"]
         ref_max = results.get((task, "peft-max-length"), r)
-        ref_dyn = results.get((task, "peft-dynamic"), r)
+        ref_dyn = results.get((task, "peft-dynamic"), results.get((task, "peft-bf16"), r))
+        ref_fp32 = results.get((task, "lorakit-fp32"), r)
         metric = (
             f"accuracy {r['test']['accuracy']:.4f}, macro-F1 {r['test']['macro_f1']:.4f}"
             if task == "minilm"
             else f"exact match {r['test']['exact_match']:.2f}"
         )
         print(
-            f"| {task} | {variant} | {r['steps']} | {r['seconds']:.0f} | {sps:.1f} | "
-            f"{sps / (ref_max['samples'] / ref_max['seconds']):.2f}x | "
-            f"{sps / (ref_dyn['samples'] / ref_dyn['seconds']):.2f}x | {r['peak_rss_mb']:,.0f} | "
+            f"| {task} | {variant} | {r['precision']} | {r['steps']} | {r['seconds']:.0f} | "
+            f"{sps:.1f} | {sps / (ref_max['samples'] / ref_max['seconds']):.2f}x | "
+            f"{sps / (ref_dyn['samples'] / ref_dyn['seconds']):.2f}x | "
+            f"{sps / (ref_fp32['samples'] / ref_fp32['seconds']):.2f}x | {r['peak_rss_mb']:,.0f} | "
             f"{r['peak_rss_mb'] / ref_dyn['peak_rss_mb']:.2f}x | {metric} |"
         )
     if args.json:

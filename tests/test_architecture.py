@@ -19,6 +19,7 @@ LAYERS = {
     "atomic": 0,
     "allocator": 0,
     "device": 0,
+    "precision": 0,
     "quiet": 0,
     "yaml_config": 0,
     "lora": 1,

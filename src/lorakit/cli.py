@@ -74,9 +74,8 @@ def eval_cmd(config: EvalConfig) -> None:
 def classify(config: ClassifyConfig) -> None:
     """Classify texts; prints one JSON line per text."""
     from lorakit.infer.classify import classify as run_classify
-    from lorakit.infer.load import load_for_inference
 
-    loaded, tok, _, labels = load_for_inference(config.model, config.adapter, "classification")
+    loaded, tok, _, labels = _load(config, "classification")
     results = run_classify(loaded, tok, config.texts, labels)
     for text, result in zip(config.texts, results, strict=True):
         print(json.dumps({"text": text, **result}))
@@ -88,9 +87,8 @@ def generate(config: GenerateConfig) -> None:
     """Generate text, streamed to the terminal as it is produced."""
     from lorakit.infer.chat import render_chat
     from lorakit.infer.generate import stream
-    from lorakit.infer.load import load_for_inference
 
-    loaded, tokenizer, _, _ = load_for_inference(config.model, config.adapter, "causal-lm")
+    loaded, tokenizer, _, _ = _load(config, "causal-lm")
     text = config.prompt
     if config.chat_template and tokenizer.chat_template:
         text = render_chat(tokenizer, [{"role": "user", "content": text}])
@@ -105,9 +103,8 @@ def generate(config: GenerateConfig) -> None:
 def chat(config: ChatConfig) -> None:
     """Chat interactively (the model's chat template; replies stream). /exit to leave."""
     from lorakit.infer.chat import chat_loop
-    from lorakit.infer.load import load_for_inference
 
-    loaded, tokenizer, _, _ = load_for_inference(config.model, config.adapter, "causal-lm")
+    loaded, tokenizer, _, _ = _load(config, "causal-lm")
 
     def read() -> str | None:
         try:
@@ -215,6 +212,17 @@ def feedback_report(config: FeedbackReportConfig) -> None:
 def demo(config: DemoConfig) -> None:
     """The main job on the defaults: MiniLM sentiment LoRA, SmolLM2 instruction LoRA, one chat reply."""
     run_demo(**config.model_dump())
+
+
+def _load(config, task: str):
+    """load_for_inference for an inference command at its --precision; the choice is said on
+    stderr (stdout is the output) once the model loaded, so a bad input stays one line."""
+    from lorakit.infer.load import inference_precision, load_for_inference
+
+    choice = inference_precision(config.precision)
+    loaded = load_for_inference(config.model, config.adapter, task, choice)
+    print(choice.line(), file=sys.stderr)
+    return loaded
 
 
 def main(argv: list[str] | None = None) -> int:

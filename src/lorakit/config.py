@@ -200,6 +200,17 @@ OutputColumn = Annotated[str | None, Field(description="Answer column: alpaca (d
 SystemColumn = Annotated[
     str | None, Field(description="Optional system prompt column: alpaca (default: system).")
 ]
+# The precision every command that runs a model takes (lorakit.precision resolves it).
+Precision = Annotated[
+    Literal["auto", "fp32", "bf16", "fp16"],
+    Field(
+        description=(
+            "Compute precision. auto: bf16 where this machine's bf16 matmul is measured well "
+            "ahead of fp32 (a bf16 GPU; a CPU with AMX / AVX512-BF16), else fp32. bf16/fp16: "
+            "the frozen base in half precision, adapters, heads and optimizer state in fp32."
+        )
+    ),
+]
 # the causal-LM roles a `<role>_column` field renames (data.detect.FLAGS holds their flags)
 DATA_COLUMNS = (
     "text",
@@ -411,6 +422,7 @@ class TrainConfig(StrictConfig):
         "data or the model).",
     )
     device: str = Field("auto", description="auto (cuda if present), cpu or cuda.")
+    precision: Precision = "auto"
     distributed: Literal["ddp", "fsdp"] = Field(
         "ddp",
         description=(

@@ -5,12 +5,14 @@ with the values they always did."""
 from pathlib import Path
 
 import pytest
+import torch
 import typer
 from pydantic import Field
 
 from lorakit.cli import main
 from lorakit.cli_options import config_command
 from lorakit.config import DATA_COLUMNS, StrictConfig
+from lorakit.precision import auto_precision
 
 
 class Toy(StrictConfig):
@@ -129,6 +131,7 @@ def test_eval_command_line(calls):
                 split="train",
                 max_eval_samples=None,
                 format="auto",
+                precision="auto",
                 **{f"{role}_column": None for role in DATA_COLUMNS},
                 label_column=None,
                 objective=None,
@@ -143,16 +146,20 @@ def test_eval_command_line(calls):
 
 def test_generate_and_classify_command_lines(calls, capsys):
     assert main(["generate", "hi there", "--raw", "--temperature", "0.5", "--seed", "3"]) == 0
-    assert calls["load"][-1][0] == ("smollm2-135m", None, "causal-lm")
+    assert calls["load"][-1][0][:3] == ("smollm2-135m", None, "causal-lm")
+    assert calls["load"][-1][0][3].name == auto_precision(torch.device("cpu"))[0]
     assert calls["stream"][-1][0][2:] == ("hi there", 128, 0.5, 1.0, 3) and "render" not in calls
     assert main(["generate", "hi", "--max-tokens", "8"]) == 0  # --chat-template by default
     assert calls["render"][0][0][1] == [{"role": "user", "content": "hi"}]
     assert calls["stream"][-1][0][2:] == ("<chat>", 8, 0.0, 1.0, None)
     capsys.readouterr()
-    assert main(["classify", "one", "two", "--adapter", "x"]) == 0
-    assert calls["load"][-1][0] == ("minilm", "x", "classification")
+    assert main(["classify", "one", "two", "--adapter", "x", "--precision", "bf16"]) == 0
+    assert calls["load"][-1][0][:3] == ("minilm", "x", "classification")
+    assert calls["load"][-1][0][3].dtype == torch.bfloat16
     assert calls["classify"][0][0][2:] == (["one", "two"], ["neg", "pos"])
-    assert capsys.readouterr().out.splitlines() == ['{"text": "one"}', '{"text": "two"}']
+    printed = capsys.readouterr()
+    assert printed.out.splitlines() == ['{"text": "one"}', '{"text": "two"}']
+    assert printed.err.startswith("precision: bf16 — asked for")  # stdout stays JSON lines
 
 
 def test_merge_and_demo_command_lines(calls):

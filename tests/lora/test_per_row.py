@@ -256,3 +256,66 @@ def test_a_swapped_adapter_takes_the_freed_slot_and_rows_stay_exact():
     assert layer.__dict__["_bank"] is not bank and "big" in layer.__dict__["_bank"].names
     for i, name in enumerate(["big", "n1"]):
         assert torch.allclose(batched[i], _alone(model, name, ids[i : i + 1])[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("factory", [tiny_llama, tiny_gemma3])
+def test_a_bf16_base_runs_the_bank_in_bf16_and_matches_fp32(factory):
+    names = [f"a{i}" for i in range(4)]
+    fp32 = _many(factory, 4, dora_every=3, targets=["q_proj", "v_proj", "embed_tokens"])
+    half = factory().to(torch.bfloat16)
+    for i, name in enumerate(names):
+        cfg = lorakit.LoraConfig(
+            r=1 + (i * 5) % 16,
+            alpha=2 + i % 7,
+            target_modules=["q_proj", "v_proj", "embed_tokens"],
+            use_dora=i % 3 == 1,
+            use_rslora=i % 3 == 2,
+        )
+        lorakit.inject(half, cfg, adapter=name)
+    trained = {n: p for n, p in fp32.named_parameters() if ".adapters." in n}
+    with torch.no_grad():
+        for n, p in half.named_parameters():
+            if ".adapters." in n:
+                assert p.dtype == torch.float32  # adapters stay fp32 on a bf16 base
+                p.copy_(trained[n])
+    ids = torch.randint(3, VOCAB, (6, 7), generator=torch.Generator().manual_seed(0))
+    rows = ["a0", None, "a1", "a2", "a3", "a1"]
+    with lorakit.adapter_per_row(half, rows):
+        batched = logits(half, ids)
+    with lorakit.adapter_per_row(fp32, rows):
+        want = logits(fp32, ids)
+    assert batched.dtype == torch.bfloat16
+    banks = [m.__dict__["_bank"] for m in half.modules() if "_bank" in m.__dict__]
+    assert banks and {b.dtype for b in banks} == {torch.bfloat16}
+    # bf16 rounding of weights and activations, nothing more
+    scale = want.abs().max()
+    assert (batched.float() - want).abs().max() < 0.05 * scale
+    for i, name in enumerate(rows):  # a row alone, through the plain layer, agrees too
+        alone = _alone(half, name, ids[i : i + 1])[0].float()
+        assert (alone - batched[i].float()).abs().max() < 0.05 * scale, (i, name)
+
+
+def test_a_classifier_head_on_a_bf16_base_is_an_fp32_copy_per_adapter():
+    model = tiny_bert_cls().to(torch.bfloat16)
+    for name in ("x", "y"):
+        cfg = lorakit.LoraConfig(r=4, target_modules=["query"], modules_to_save=["classifier"])
+        lorakit.inject(model, cfg, adapter=name)
+        randomize_adapters(model, std=0.3, seed=len(name) + ord(name))
+    head = model.classifier
+    assert {p.dtype for p in head.original_module.parameters()} == {torch.bfloat16}
+    assert {p.dtype for c in head.copies.values() for p in c.parameters()} == {torch.float32}
+    ids = torch.randint(3, VOCAB, (4, 5), generator=torch.Generator().manual_seed(1))
+    with lorakit.adapter_per_row(model, ["x", "y", None, "x"]):
+        batched = logits(model, ids)
+    for i, name in enumerate(["x", "y", None, "x"]):
+        alone = _alone(model, name, ids[i : i + 1])[0]
+        torch.testing.assert_close(batched[i], alone, atol=2e-2, rtol=2e-2)
+    assert not torch.allclose(batched[0].float(), batched[1].float(), atol=1e-3)
+    # the copy trains in fp32 from a bf16 input
+    lorakit.set_adapter(model, "x")
+    for p in head.copies["x"].parameters():  # injecting "y" froze "x"
+        p.requires_grad_(True)
+    model.train()
+    model(ids).logits.float().sum().backward()
+    grads = [p.grad for p in head.copies["x"].parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lorakit.config import StrictConfig, TrainConfig
+from lorakit.config import Precision, StrictConfig, TrainConfig
 from lorakit.errors import ConfigError
 
 # Fields a sweep sets per run: they cannot also come in through `train`.
@@ -52,6 +52,7 @@ class SharedRunConfig(StrictConfig):
         "and ranks are compared at the same update scale.",
     )
     device: str = Field("auto", description="auto, cpu or cuda.")
+    precision: Precision = "auto"
     train: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other TrainConfig field, applied to every run (e.g. {grad_accum: 2}).",

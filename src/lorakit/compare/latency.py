@@ -60,18 +60,20 @@ def run_latency(run_dir: Path, config: TrainConfig, probe: Probe, device: torch.
     lorakit.merge. Full / head runs save a plain model: its one latency fills both columns.
     """
     from lorakit.adapters import load_adapter
+    from lorakit.infer.load import inference_precision
     from lorakit.lora import merge
     from lorakit.models.load import load_model
 
+    dtype = inference_precision(config.precision, device.type).dtype  # as the run computed
     if config.method in ("lora", "dora"):
-        model, _ = load_model(config.model, config.task, label_names=probe.labels)
+        model, _ = load_model(config.model, config.task, label_names=probe.labels, dtype=dtype)
         load_adapter(model, run_dir / "adapter")
         model.to(device)
         unmerged = forward_ms(model, probe.batches)
         merge(model)
         merged = forward_ms(model, probe.batches)
     else:
-        model, _ = load_model(str(run_dir / "model"), config.task)
+        model, _ = load_model(str(run_dir / "model"), config.task, dtype=dtype)
         model.to(device)
         unmerged = merged = forward_ms(model, probe.batches)
     return {"latency_unmerged_ms": unmerged, "latency_merged_ms": merged}

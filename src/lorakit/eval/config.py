@@ -14,6 +14,7 @@ from lorakit.config import (
     LabelColumn,
     MessagesColumn,
     OutputColumn,
+    Precision,
     PromptColumn,
     RejectedColumn,
     ResponseColumn,
@@ -37,6 +38,7 @@ class EvalConfig(StrictConfig):
     max_eval_samples: int | None = Field(
         None, gt=0, description="Evaluate on at most this many examples."
     )
+    precision: Precision = "auto"
     format: DataFormat = "auto"
     text_column: TextColumn = None
     label_column: LabelColumn = None

@@ -15,7 +15,7 @@ from lorakit.eval.passes import finite
 from lorakit.eval.preference import reference_logps, score_pairs
 from lorakit.eval.preference_loss import Objective
 from lorakit.eval.splits import split_metrics
-from lorakit.infer.load import load_for_inference
+from lorakit.infer.load import inference_precision, load_for_inference
 from lorakit.lora import active_adapters, disable_adapters, set_adapter
 
 REFERENCE = "reference"  # the name --reference-adapter is loaded under
@@ -36,6 +36,7 @@ def evaluate(
     beta: float | None = None,
     reference_adapter: str | None = None,
     format: str = "auto",
+    precision: str = "auto",
     **columns: str | None,
 ) -> dict:
     """Metrics of the model (+ adapter) on `split`; with compare_base, of the base model too.
@@ -54,7 +55,8 @@ def evaluate(
     if unknown:  # only the column renames travel through **columns
         raise TypeError(f"evaluate() got unexpected keyword arguments {unknown}")
 
-    loaded, tokenizer, task, labels = load_for_inference(model, adapter, task)
+    choice = inference_precision(precision)
+    loaded, tokenizer, task, labels = load_for_inference(model, adapter, task, choice)
     # The data half of a TrainConfig, validated as `lorakit train` validates it; the
     # training split is cut to one example unless it is the split scored.
     data_config = TrainConfig(
@@ -98,7 +100,8 @@ def evaluate(
         out = split_metrics(loaded, tokenizer, prepared, task, split)
         return finite({**out, **(score() if score else {})})
 
-    result = {"model": model, "adapter": adapter, "split": split, "metrics": metrics()}
+    result = {"model": model, "adapter": adapter, "split": split, "precision": choice.name}
+    result["metrics"] = metrics()
     if compare_base and adapter is not None:
         with disable_adapters(loaded):
             result["base_metrics"] = metrics()

@@ -25,7 +25,8 @@ def print_eval(result: dict) -> None:
     header = f"{'metric':<20}{'adapter' if result.get('adapter') else 'model':>12}" + (
         f"{'base':>12}" if base else ""
     )
-    print(f"{result['model']} on {result['split']} ({metrics.get('examples', '?')} examples)")
+    where = f"{result['model']} on {result['split']} ({metrics.get('examples', '?')} examples"
+    print(where + (f", {result['precision']})" if result.get("precision") else ")"))
     print(header)
     for key in rows:
         line = f"{key:<20}{_fmt(metrics[key]):>12}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from lorakit.config import StrictConfig
+from lorakit.config import Precision, StrictConfig
 
 _ADAPTER = "Adapter directory."
 
@@ -17,6 +17,7 @@ class ClassifyConfig(StrictConfig):
     texts: list[str] = Field(description="Texts to classify.", json_schema_extra={"argument": True})
     model: str = Field("minilm", description="Base model.")
     adapter: str | None = Field(None, description="Classification adapter directory.")
+    precision: Precision = "auto"
 
 
 class GenerateConfig(StrictConfig):
@@ -33,6 +34,7 @@ class GenerateConfig(StrictConfig):
     )
     seed: int | None = Field(None, description="Seed of the sampling (same seed, same text).")
     chat_template: bool = Field(True, description="Wrap the prompt as a user turn.")
+    precision: Precision = "auto"
 
 
 class ChatConfig(StrictConfig):
@@ -40,6 +42,7 @@ class ChatConfig(StrictConfig):
     adapter: str | None = Field(None, description=_ADAPTER)
     system: str | None = Field(None, description="System prompt.")
     max_tokens: int = Field(256, gt=0, description="New tokens per reply at most.")
+    precision: Precision = "auto"
 
 
 class MergeConfig(StrictConfig):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from lorakit.adapters import load_adapter, read_adapter, read_config, read_labels
 from lorakit.errors import ConfigError
 from lorakit.models.load import load_model
+from lorakit.precision import Choice, resolve_precision
 
 _TASK_OF = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}
 
@@ -22,8 +25,14 @@ def adapter_task(
     return _TASK_OF.get(raw.get("task_type")), labels
 
 
-def load_for_inference(model: str, adapter: str | Path | None = None, task: str | None = None):
-    """(model, tokenizer, task, label names) with the adapter loaded and active."""
+def load_for_inference(
+    model: str,
+    adapter: str | Path | None = None,
+    task: str | None = None,
+    precision: str | Choice = "fp32",
+):
+    """(model, tokenizer, task, label names) with the adapter loaded and active, the base
+    stored in `precision` (a --precision name, resolved for the CPU, or a Choice)."""
     labels = None
     if adapter is not None:
         adapter_kind, labels = adapter_task(adapter)
@@ -36,11 +45,22 @@ def load_for_inference(model: str, adapter: str | Path | None = None, task: str 
     num_labels = None
     if adapter is not None and task == "classification" and labels is None:
         num_labels = saved_head_size(adapter)  # peft writes no labels.json; its head says
-    loaded, tokenizer = load_model(model, task, num_labels=num_labels, label_names=labels)
+    choice = inference_precision(precision)
+    loaded, tokenizer = load_model(
+        model, task, num_labels=num_labels, label_names=labels, dtype=choice.dtype
+    )
     if adapter is not None:
         load_adapter(loaded, adapter)
     loaded.eval()
     return loaded, tokenizer, task, labels or _config_labels(loaded)
+
+
+def inference_precision(precision: str | Choice, device: str = "cpu") -> Choice:
+    """A --precision name resolved for inference on `device` (no autocast: every weight is
+    frozen, so the whole base is stored in the chosen dtype)."""
+    if isinstance(precision, Choice):
+        return precision
+    return resolve_precision(precision, torch.device(device))
 
 
 def saved_head_size(adapter: str | Path) -> int | None:

@@ -227,23 +227,28 @@ class LoraLayer(nn.Module):
         # Under autocast the matmuls pick their own dtype: casting x to the fp32 adapter
         # would only add a copy of the activations.
         autocast = torch.is_autocast_enabled(x.device.type)
+        A, B = ad.A, ad.B
+        if not autocast and _half(result.dtype) and A.dtype != result.dtype:
+            # A half-precision base (--precision bf16): the fp32 A and B are cast for the
+            # matmuls (r x in, cheap; gradients flow back into fp32), the activations never.
+            A, B = A.to(result.dtype), B.to(result.dtype)
         if self.kind == "embedding":
-            h = self._embed(x, ad.A.T)  # [..., r]
+            h = self._embed(x, A.T)  # [..., r]
             # an embedding that scales its output (Gemma's sqrt(hidden)) scales the update too
             scaling = ad.scaling * embed_scale(self.base_layer)
             if not ad.use_dora:
-                return _add_scaled(result, h, ad.B, scaling, autocast)
+                return _add_scaled(result, h, B, scaling, autocast)
             # DoRA on an embedding (peft's): m/||W'|| per embedding feature (out = dim), the
             # norm taken over the vocabulary of the unscaled weights; no bias, no dropout
             lora = F.linear(h.to(ad.B.dtype), ad.B) * scaling
             return _add_dora(result, result, lora, ad.dora_scale(self.weight_linear))
-        xa = x if x.dtype == ad.A.dtype or autocast else x.to(ad.A.dtype)
+        xa = x if x.dtype == A.dtype or autocast else x.to(A.dtype)
         dropped = self.training and ad.dropout > 0
         if dropped:  # with dropout 0 there is no extra copy of the input
             xa = F.dropout(xa, ad.dropout, training=True)
-        h = F.linear(xa, ad.A)  # [..., r]
+        h = F.linear(xa, A)  # [..., r]
         if not ad.use_dora:
-            return _add_scaled(result, h, ad.B, ad.scaling, autocast)
+            return _add_scaled(result, h, B, ad.scaling, autocast)
         # DoRA (peft's formulation): result += (m/||W'|| - 1) * base(x) + m/||W'|| * scaling * B A x
         W = self.weight_linear
         mag_scale = ad.dora_scale(W).view(1, -1)
@@ -252,7 +257,7 @@ class LoraLayer(nn.Module):
             base = F.linear(xa, W.to(xa.dtype))
         else:
             base = result if bias is None else result - bias
-        lora = F.linear(h, ad.B) * ad.scaling
+        lora = F.linear(h, B) * ad.scaling
         return _add_dora(result, base, lora, mag_scale)
 
     def _embed(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -263,6 +268,10 @@ class LoraLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, active={self.active}, merged={self.merged}"
+
+
+def _half(dtype: torch.dtype) -> bool:
+    return dtype in (torch.bfloat16, torch.float16)
 
 
 def _add_dora(

@@ -82,7 +82,7 @@ class RowPlan:
             if rows.numel() == 0:
                 continue
             module = wrapper.copies[name] if name in wrapper.copies else wrapper.original_module
-            part = module(x.index_select(0, rows), *args, **kwargs)
+            part = wrapper.call(module, x.index_select(0, rows), *args, **kwargs)
             if out is None:
                 out = part.new_zeros((x.shape[0], *part.shape[1:]))
             out.index_copy_(0, rows, part)
@@ -97,6 +97,10 @@ class Bank:
     B: torch.Tensor  # [S, r_max, out], scaling folded in
     dora: torch.Tensor | None  # [S, out] DoRA's m / ||W'||, 1 for plain slots; None if no DoRA
     grouped: bool  # shapes grouped_mm accepts: every row stride a multiple of 16 bytes
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.A.dtype
 
 
 def _group(names, bank_names, device) -> Group:
@@ -172,7 +176,7 @@ def per_row_forward(layer: LoraLayer, x: torch.Tensor, *args, **kwargs) -> torch
         raise ConfigError(
             f"adapter_per_row was given {batch} names but the batch has {x.shape[0]} rows"
         )
-    bank = _bank(layer)
+    bank = _bank(layer, result.dtype)
     group = plan.group(bank.names, x.device)
     n = group.rows.numel()
     if n == 0:
@@ -263,16 +267,22 @@ def _stamp(layer: LoraLayer) -> tuple:
     return (id(base), base._version, *adapters)
 
 
-def _bank(layer: LoraLayer) -> Bank:
+def _bank(layer: LoraLayer, out_dtype: torch.dtype) -> Bank:
     stamp = _stamp(layer)
+    # A half-precision base (--precision bf16) gets its bank in that dtype: the per-row
+    # matmuls run in it and the activations are never cast; otherwise the adapters' own.
+    half = out_dtype in (torch.bfloat16, torch.float16)
+    dtype = out_dtype if half else next(iter(layer.adapters.values())).A.dtype
     cached: Bank | None = layer.__dict__.get("_bank")
+    if cached is not None and cached.dtype != dtype:
+        cached = None
     if cached is not None and cached.stamp == stamp:
         return cached
     with torch.no_grad():
         if cached is not None and _swap_slots(layer, cached, stamp):
             return cached
         layer.__dict__.pop("_bank", None)  # free the old bank before building the new one
-        bank = _build_bank(layer, stamp)
+        bank = _build_bank(layer, stamp, dtype)
     layer.__dict__["_bank"] = bank  # plain attribute: not a buffer, never saved
     return bank
 
@@ -315,16 +325,16 @@ def _swap_slots(layer: LoraLayer, bank: Bank, stamp: tuple) -> bool:
     return True
 
 
-def _build_bank(layer: LoraLayer, stamp: tuple) -> Bank:
+def _build_bank(layer: LoraLayer, stamp: tuple, dtype: torch.dtype) -> Bank:
     adapters = list(layer.adapters.items())
     # A multiple of 8: grouped_mm needs 16-byte strides, which bf16 reaches at 8.
     r_max = -(-max(ad.r for _, ad in adapters) // 8) * 8
     ref = adapters[0][1].A
     n_in, n_out = layer.in_features, layer.out_features
-    A = ref.new_zeros(len(adapters), n_in, r_max)
-    B = ref.new_zeros(len(adapters), r_max, n_out)
+    A = ref.new_zeros(len(adapters), n_in, r_max, dtype=dtype)
+    B = ref.new_zeros(len(adapters), r_max, n_out, dtype=dtype)
     any_dora = any(ad.use_dora for _, ad in adapters)
-    dora = ref.new_ones(len(adapters), n_out) if any_dora else None
+    dora = ref.new_ones(len(adapters), n_out, dtype=dtype) if any_dora else None
     W = layer.weight_linear
     for slot, (_, ad) in enumerate(adapters):
         A[slot, :, : ad.r] = ad.A.T

@@ -25,10 +25,28 @@ class ModulesToSave(nn.Module):
 
     def add_copy(self, name: str) -> nn.Module:
         module = copy.deepcopy(self.original_module)
+        # A trained copy is fp32 whatever the base is stored in (--precision bf16): its
+        # AdamW state and updates need fp32, and it is saved as fp32 like every adapter.
+        if any(p.is_floating_point() and p.dtype != torch.float32 for p in module.parameters()):
+            module.float()
         for p in module.parameters():
             p.requires_grad_(True)
         self.copies[name] = module
         return module
+
+    def call(self, module: nn.Module, x: torch.Tensor, *args, **kwargs):
+        """`module`(x): an fp32 copy inside a half-precision model takes its input in fp32
+        and hands its output back in the dtype the original would have produced."""
+        if module is self.original_module:
+            return module(x, *args, **kwargs)
+        want = _float_dtype(self.original_module)
+        have = _float_dtype(module)
+        if want is None or want == have:
+            return module(x, *args, **kwargs)
+        if x.is_floating_point():
+            x = x.to(have)
+        out = module(x, *args, **kwargs)
+        return out.to(want) if isinstance(out, torch.Tensor) and out.is_floating_point() else out
 
     def current(self) -> nn.Module:
         if not self.disabled:
@@ -47,5 +65,12 @@ class ModulesToSave(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         if self.rows is None or self.disabled:
-            return self.current()(x, *args, **kwargs)
+            return self.call(self.current(), x, *args, **kwargs)
         return self.rows.saved_forward(self, x, *args, **kwargs)
+
+
+def _float_dtype(module: nn.Module) -> torch.dtype | None:
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None

@@ -70,9 +70,10 @@ class LanguageModel:
         max_cpu_loras: int = 128,
         prefix_cache_mb: float = 0.0,
         metrics=None,
+        dtype: torch.dtype = torch.float32,
         **engine_args,
     ):
-        self.model, self.tokenizer = load_model(name, "causal-lm")
+        self.model, self.tokenizer = load_model(name, "causal-lm", dtype=dtype)
         self.model.to(resolve_device(device)).eval()
         self.id, self.catalog = served_name or base_id(name), catalog
         catalog.add(Entry(self.id, "lm", None, None))
@@ -146,10 +147,19 @@ class LanguageModel:
 
 
 class Classifier:
-    def __init__(self, name: str, device: str, catalog: Catalog, adapters: dict[str, str]):
+    def __init__(
+        self,
+        name: str,
+        device: str,
+        catalog: Catalog,
+        adapters: dict[str, str],
+        dtype: torch.dtype = torch.float32,
+    ):
         first = next(iter(adapters.values()), None)
         labels = _check_task(first, "classification", False) if first else None
-        self.model, self.tokenizer = load_model(name, "classification", label_names=labels)
+        self.model, self.tokenizer = load_model(
+            name, "classification", label_names=labels, dtype=dtype
+        )
         self.model.to(resolve_device(device)).eval()
         self.id, self.catalog = base_id(name), catalog
         self.lock = threading.Lock()

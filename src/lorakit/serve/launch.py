@@ -28,6 +28,7 @@ def serve(config: ServeConfig, say=print) -> None:
     sock.listen(2048)
     port = sock.getsockname()[1]
     names = ", ".join(server.catalog.entries)
+    say(server.precision.line(), flush=True)
     say(f"lorakit serve: listening on http://{config.host}:{port} (models: {names})", flush=True)
     app = create_app(server)
     uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from lorakit.device import resolve_device
 from lorakit.errors import AdapterNotFoundError, ConfigError, LorakitError
 from lorakit.infer.generate import encode_prompt
+from lorakit.precision import resolve_precision
 from lorakit.serve.catalog import Catalog
 from lorakit.serve.config import ServeConfig
 from lorakit.serve.errors import ApiError
@@ -37,10 +39,12 @@ class Server:
         if config.classifier_adapters and not config.classifier:
             raise ConfigError("--classifier-adapter needs --classifier MODEL")
         self.feedback = FeedbackStore(config.feedback_db)  # checked now, created on first use
+        self.precision = resolve_precision(config.precision, resolve_device(config.device))
         self.lm = LanguageModel(
             config.model,
             config.device,
             self.catalog,
+            dtype=self.precision.dtype,
             served_name=config.served_model_name,
             max_batch_size=config.max_batch_size,
             max_queue=config.max_queue,
@@ -53,7 +57,13 @@ class Server:
         for name, path in config.adapters.items():
             self.lm.add_adapter(name, path)
         self.classifier = (
-            Classifier(config.classifier, config.device, self.catalog, config.classifier_adapters)
+            Classifier(
+                config.classifier,
+                config.device,
+                self.catalog,
+                config.classifier_adapters,
+                self.precision.dtype,
+            )
             if config.classifier
             else None
         )

@@ -45,6 +45,7 @@ class TrainState:
     tokens: int = 0
     samples: int = 0
     seconds: float = 0.0  # training wall time before this process
+    precision: str = "fp32"  # what the steps so far computed in (older runs: fp32)
     log: list[dict] = field(default_factory=list)
 
 

@@ -90,6 +90,8 @@ def _fit_and_report(run: Run, log, progress: bool, baseline: bool) -> dict:
         "objective": config.objective,
         "model": config.model,
         "task": config.task,
+        "precision": run.precision.name,
+        "precision_reason": run.precision.reason,
         "steps": state.step,
         "train_seconds": round(state.seconds, 3),
         "train_tokens": state.tokens,

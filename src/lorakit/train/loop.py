@@ -19,11 +19,13 @@ from lorakit.config import TrainConfig
 from lorakit.data import collate, collate_packed, length_grouped_batches, lengths_of, pack
 from lorakit.data.prepare import Prepared, prepare
 from lorakit.device import is_sharded, resolve_device
+from lorakit.errors import ConfigError
 from lorakit.eval.loss import IGNORE, loss_fn
 from lorakit.eval.preference_loss import METRICS, pair_metrics
 from lorakit.eval.splits import empty_split_notes
 from lorakit.lora import trainable_line, trainable_parameters
 from lorakit.models.load import load_model, load_tokenizer, model_dir, resolve_model
+from lorakit.precision import Choice, resolve_precision
 from lorakit.train import distributed
 from lorakit.train.checkpoint import (
     TrainState,
@@ -54,6 +56,7 @@ class Run:
     state: TrainState
     device: torch.device
     pairs: PairTraining | None = None  # --objective dpo / orpo
+    precision: Choice = Choice("fp32", "default")
 
 
 def build(config: TrainConfig, log=print) -> Run:
@@ -64,6 +67,8 @@ def build(config: TrainConfig, log=print) -> Run:
     prints = run_fingerprint(config) if not config.resume and distributed.is_main() else None
     device = distributed.setup(resolve_device(config.device))
     log = distributed.main_only(log)
+    precision = training_precision(config, device)
+    log(precision.line())
     tokenizer = load_tokenizer(model_dir(resolve_model(config.model)), config.task)
     data = prepare(config, tokenizer)
     log(
@@ -74,7 +79,7 @@ def build(config: TrainConfig, log=print) -> Run:
         log(note)
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(
-        config.model, config.task, label_names=data.labels, seed=config.seed
+        config.model, config.task, label_names=data.labels, seed=config.seed, dtype=precision.dtype
     )
     apply_method(model, config)
     model.to(device)
@@ -90,7 +95,21 @@ def build(config: TrainConfig, log=print) -> Run:
     pairs = None
     if config.objective != "sft":
         pairs = PairTraining(config, data.pairs, tokenizer.pad_token_id)
-    return Run(config, Path(config.output), model, tokenizer, data, TrainState(), device, pairs)
+    state = TrainState(precision=precision.name)
+    return Run(config, Path(config.output), model, tokenizer, data, state, device, pairs, precision)
+
+
+def training_precision(config: TrainConfig, device: torch.device) -> Choice:
+    """What --precision means for this run (printed, in metrics.json and checkpoints)."""
+    choice = resolve_precision(config.precision, device, train_all=config.method == "full")
+    if distributed.active():  # auto's timed probe could differ by rank: rank 0's rules
+        choice = distributed.all_gather_object(choice)[0]
+    if choice.name == "fp16":
+        raise ConfigError(
+            "--precision fp16 is for inference (eval, generate, chat, classify, serve): fp16 "
+            "training needs loss scaling, which lorakit does not do — train with bf16 or fp32"
+        )
+    return choice
 
 
 def _epoch_batches(run: Run, epoch: int) -> list[dict]:
@@ -158,16 +177,17 @@ def _count_tokens(batch: dict) -> int:
     return int(batch["attention_mask"].sum())
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on GPU only: on this class of CPU bf16 matmuls are far slower than fp32.
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def _autocast(precision: Choice, device: torch.device):
+    # Only full fine-tuning runs under autocast (fp32 weights, half-precision matmuls); the
+    # other methods store the frozen base in half precision and need none.
+    if precision.autocast:
+        return torch.autocast(device.type, dtype=precision.compute_dtype)
     return contextlib.nullcontext()
 
 
 def fit(run: Run, evaluate_fn=None, log=print, progress: bool = True) -> TrainState:
     """Train `run` to its step budget, checkpointing as it goes; resumes if asked."""
-    cfg, model, device = run.config, run.model, run.device
+    cfg, model = run.config, run.model
     objective = run.pairs if run.pairs is not None else _Supervised(cfg.task)
     optimizer = build_optimizer(model, cfg.resolved_lr(), cfg.weight_decay, cfg.lora_plus_ratio)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -178,11 +198,17 @@ def fit(run: Run, evaluate_fn=None, log=print, progress: bool = True) -> TrainSt
     ckpt_dir = run.out / "checkpoints"
     main, rank = distributed.is_main(), distributed.rank()
     log, progress = distributed.main_only(log), progress and main
-    state = TrainState()
+    state = TrainState(precision=run.precision.name)
     # Every rank reads the same checkpoint (rank 0 wrote it; none is written before every
     # rank has passed this point, as rank 0 cannot finish a step alone).
     if cfg.resume and list_checkpoints(ckpt_dir):
         state = load_checkpoint(list_checkpoints(ckpt_dir)[-1], model, optimizer, rank, run.pairs)
+        if state.precision != run.precision.name:
+            raise ConfigError(
+                f"--resume: the run trained in {state.precision} until step {state.step} but "
+                f"resolves to {run.precision.name} here — add --precision {state.precision} "
+                "(a resumed run is exact only within one precision)"
+            )
         log(f"resumed from step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
     elif rank > 0:
         # Dropout masks must differ between ranks: rank 0 keeps the single-process stream,
@@ -209,14 +235,7 @@ def fit(run: Run, evaluate_fn=None, log=print, progress: bool = True) -> TrainSt
             while b < len(batches) and state.step < total:
                 group = batches[b : min(b + cfg.grad_accum, len(batches))]
                 loss_value, samples, tokens, pair_stats = _step(
-                    model,
-                    optimizer,
-                    group,
-                    objective,
-                    device,
-                    cfg,
-                    base_lrs,
-                    schedule(state.step),
+                    run, optimizer, group, objective, base_lrs, schedule(state.step)
                 )
                 b += len(group)
                 state.step += 1
@@ -288,7 +307,7 @@ def _checkpoint(run: Run, optimizer, state: TrainState) -> None:
         write_log_csv(run.out / "train_log.csv", state.log)
 
 
-def _step(model, optimizer, group, objective, device, cfg, base_lrs, factor):
+def _step(run: Run, optimizer, group, objective, base_lrs, factor):
     """One optimizer step over `group` (this rank's share of grad_accum micro-batches).
 
     Returns the global batch's (loss, samples, tokens, pair statistics or None). A
@@ -297,6 +316,7 @@ def _step(model, optimizer, group, objective, device, cfg, base_lrs, factor):
     summed over ranks, which is exactly the gradient one process gets from the whole
     micro-batch, however unevenly it is split.
     """
+    model, device, cfg = run.model, run.device, run.config
     for g, lr in zip(optimizer.param_groups, base_lrs, strict=True):
         g["lr"] = lr * factor
     sharded = distributed.active()
@@ -309,7 +329,7 @@ def _step(model, optimizer, group, objective, device, cfg, base_lrs, factor):
     for batch, row in zip(group, counts, strict=True):
         stand_in = "stand_in" in batch
         batch = {k: v.to(device) for k, v in batch.items()}
-        with _autocast(device):
+        with _autocast(run.precision, device):
             loss, sums = objective.loss(model, batch, row[:-2], len(group))
             if sharded and stand_in:
                 loss, sums = loss * 0.0, None

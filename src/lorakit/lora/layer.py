@@ -228,7 +228,7 @@ class LoraLayer(nn.Module):
         # would only add a copy of the activations.
         autocast = torch.is_autocast_enabled(x.device.type)
         A, B = ad.A, ad.B
-        if not autocast and _half(result.dtype) and A.dtype != result.dtype:
+        if not autocast and is_half(result.dtype) and A.dtype != result.dtype:
             # A half-precision base (--precision bf16): the fp32 A and B are cast for the
             # matmuls (r x in, cheap; gradients flow back into fp32), the activations never.
             A, B = A.to(result.dtype), B.to(result.dtype)
@@ -270,7 +270,8 @@ class LoraLayer(nn.Module):
         return f"kind={self.kind}, active={self.active}, merged={self.merged}"
 
 
-def _half(dtype: torch.dtype) -> bool:
+def is_half(dtype: torch.dtype) -> bool:
+    """bf16 / fp16: a base stored in half precision (--precision bf16 or fp16)."""
     return dtype in (torch.bfloat16, torch.float16)
 
 

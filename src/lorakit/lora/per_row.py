@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.errors import AdapterNotFoundError, ConfigError
-from lorakit.lora.layer import LoraLayer, embed_scale
+from lorakit.lora.layer import LoraLayer, embed_scale, is_half
 from lorakit.lora.registry import list_adapters, lora_modules
 from lorakit.lora.saved_module import ModulesToSave
 
@@ -271,8 +271,7 @@ def _bank(layer: LoraLayer, out_dtype: torch.dtype) -> Bank:
     stamp = _stamp(layer)
     # A half-precision base (--precision bf16) gets its bank in that dtype: the per-row
     # matmuls run in it and the activations are never cast; otherwise the adapters' own.
-    half = out_dtype in (torch.bfloat16, torch.float16)
-    dtype = out_dtype if half else next(iter(layer.adapters.values())).A.dtype
+    dtype = out_dtype if is_half(out_dtype) else next(iter(layer.adapters.values())).A.dtype
     cached: Bank | None = layer.__dict__.get("_bank")
     if cached is not None and cached.dtype != dtype:
         cached = None

@@ -7,8 +7,12 @@ changes the output). Variants, interleaved round by round:
   llama.cpp  Q4_1 base + LoRA GGUF   (`lorakit export --format gguf-lora`)
   llama.cpp  merged q8_0 GGUF        (`lorakit export --format gguf --dtype q8_0`)
   llama.cpp  merged f16 GGUF         (`--dtype f16`)
-  lorakit    `lorakit generate`'s path (transformers generate, fp32, adapter unmerged), batch 1
-  lorakit    `lorakit serve` (a real server process, streamed chat completions), one client
+  lorakit    `lorakit generate`'s path (its own decode loop, fp32, adapter unmerged), batch 1
+  lorakit    the same with `--quantize int8` (int8 base, torch's int8 kernel where faster)
+  transformers  `generate` behind a TextIteratorStreamer on the plain fp32 model (issue
+             #15's reference) and on the unmerged-adapter model
+  lorakit    `lorakit serve` (a real server process, streamed chat completions), one client,
+             fp32 and `--quantize int8`
 Prompts are serve_load's open-ended requests (long replies) through the chat template;
 every runtime stops at the end-of-text token or --tokens, greedy, one request at a time:
 time to first token (prompt processed + first token) and decode tokens/s after it. Then the aggregate
@@ -77,8 +81,10 @@ def _llama_run(gguf, lora, prompts, tokens):
         model.close()
 
 
-def _lorakit_run(model, tokenizer, prompts, tokens):
-    from transformers import TextIteratorStreamer  # what `lorakit generate` streams through
+def _transformers_run(model, tokenizer, prompts, tokens):
+    """transformers' `generate` in a thread behind a TextIteratorStreamer: how a transformers
+    user streams (and what `lorakit generate` ran before its own decode loop)."""
+    from transformers import TextIteratorStreamer
 
     out = []
     for ids in prompts:
@@ -96,6 +102,23 @@ def _lorakit_run(model, tokenizer, prompts, tokens):
             first = first or time.perf_counter()
             text += piece
         thread.join()
+        end = time.perf_counter()
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        out.append((first - start, (n - 1) / (end - first)))
+    return out
+
+
+def _lorakit_run(model, tokenizer, templated, tokens):
+    """`lorakit generate`'s path: lorakit.infer.generate.stream (its own decode loop) on the
+    chat-templated prompts (it tokenizes them to the same ids as the other runtimes get)."""
+    from lorakit.infer.generate import stream
+
+    out = []
+    for prompt in templated:
+        start, first, text = time.perf_counter(), None, ""
+        for piece in stream(model, tokenizer, prompt, max_new_tokens=tokens):
+            first = first or time.perf_counter()
+            text += piece
         end = time.perf_counter()
         n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         out.append((first - start, (n - 1) / (end - first)))
@@ -152,14 +175,14 @@ def main() -> None:
     q8 = export(ExportConfig(adapter=str(adapter), output=str(work / "q8.gguf"), dtype="q8_0"))[0]
     f16 = export(ExportConfig(adapter=str(adapter), output=str(work / "f16.gguf"), dtype="f16"))[0]
     model, tokenizer, _, _ = load_for_inference("smollm2-135m", adapter)
+    int8, _, _, _ = load_for_inference("smollm2-135m", adapter, quantize="int8")
+    plain, _, _, _ = load_for_inference("smollm2-135m")
     texts = (PROMPTS * args.prompts)[: args.prompts]
-    prompts = [
-        tokenizer(
-            tokenizer.apply_chat_template(_turn(t), tokenize=False, add_generation_prompt=True),
-            add_special_tokens=False,
-        )["input_ids"]
+    templated = [
+        tokenizer.apply_chat_template(_turn(t), tokenize=False, add_generation_prompt=True)
         for t in texts
     ]
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in templated]
     variants = {
         "llama.cpp Q4_1 base + LoRA GGUF": lambda: _llama_run(
             alias_path("smollm2-135m"), lora, prompts, args.tokens
@@ -167,19 +190,33 @@ def main() -> None:
         "llama.cpp merged q8_0 GGUF": lambda: _llama_run(q8, None, prompts, args.tokens),
         "llama.cpp merged f16 GGUF": lambda: _llama_run(f16, None, prompts, args.tokens),
         "lorakit generate (fp32, adapter unmerged)": lambda: _lorakit_run(
+            model, tokenizer, templated, args.tokens
+        ),
+        "lorakit generate --quantize int8 (adapter unmerged)": lambda: _lorakit_run(
+            int8, tokenizer, templated, args.tokens
+        ),
+        "transformers generate (fp32, no adapter)": lambda: _transformers_run(
+            plain, tokenizer, prompts, args.tokens
+        ),
+        "transformers generate (fp32, adapter unmerged)": lambda: _transformers_run(
             model, tokenizer, prompts, args.tokens
         ),
     }
 
-    server, url = start_server([adapter.rename(adapter.parent / "mood")], args.clients)
-    adapter = adapter.parent / "mood"
+    adapter = adapter.rename(adapter.parent / "mood")
+    server, url = start_server([adapter], args.clients)
+    server8, url8 = start_server([adapter], args.clients, ["--quantize", "int8"])
     variants["lorakit serve (fp32, one client)"] = lambda: _serve_run(url, texts, args.tokens)
+    variants["lorakit serve --quantize int8, one client"] = lambda: _serve_run(
+        url8, texts, args.tokens
+    )
     results = {name: [] for name in variants}
     for _ in range(args.rounds):  # interleaved: a slow spell hits every variant alike
         for name, run in variants.items():
             results[name] += run()
-    aggregate = _aggregates(url, q8, texts, prompts, args)
+    aggregate = _aggregates({"fp32": url, "--quantize int8": url8}, q8, texts, prompts, args)
     server.terminate()
+    server8.terminate()
     flags = subprocess.run(
         "grep -o 'amx[a-z0-9_]*\\|avx512_bf16\\|avx2' /proc/cpuinfo | sort -u | tr '\\n' ' '",
         shell=True,
@@ -192,27 +229,29 @@ def main() -> None:
     )
     print("| runtime | time to first token (median) | decode tokens/s (median) |")
     print("|---|---|---|")
-    base = statistics.median(r[1] for r in results["lorakit generate (fp32, adapter unmerged)"])
+    base = statistics.median(r[1] for r in results["transformers generate (fp32, no adapter)"])
     for name, rows in results.items():
         ttft, tps = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
-        print(f"| {name} | {ttft * 1000:.0f} ms | {tps:.1f} ({tps / base:.2f}x lorakit) |")
+        print(
+            f"| {name} | {ttft * 1000:.0f} ms | {tps:.1f} ({tps / base:.2f}x transformers fp32) |"
+        )
     print(f"\n{args.clients} concurrent requests of {args.tokens} tokens, completion tokens/s:")
     for name, rate in aggregate.items():
         print(f"- {name}: {rate:.1f}")
     sys.stdout.flush()
 
 
-def _aggregates(url, q8, texts, prompts, args) -> dict:
+def _aggregates(urls: dict, q8, texts, prompts, args) -> dict:
     import httpx
     from llama_cpp import Llama
 
     jobs = [texts[i % len(texts)] for i in range(2 * args.clients)]
-    http = httpx.Client(base_url=url, timeout=600)
 
-    def serve_one(text):
+    def serve_one(url, text):
         body = {"model": "mood", "max_tokens": args.tokens, "temperature": 0,
                 "messages": _turn(text)}  # fmt: skip
-        return http.post("/v1/chat/completions", json=body).json()["usage"]["completion_tokens"]
+        reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
+        return reply.json()["usage"]["completion_tokens"]
 
     model = Llama(str(q8), n_ctx=512, n_threads=2, verbose=False)
 
@@ -221,12 +260,14 @@ def _aggregates(url, q8, texts, prompts, args) -> dict:
 
     try:
         llama_jobs = [prompts[i % len(prompts)] for i in range(len(jobs))]
-        return {
-            "llama.cpp merged q8_0 (one sequence at a time)": _concurrent(llama_one, llama_jobs, 1),
-            f"lorakit serve fp32 ({args.clients} clients, batched)": _concurrent(
-                serve_one, jobs, args.clients
-            ),
+        rates = {
+            "llama.cpp merged q8_0 (one sequence at a time)": _concurrent(llama_one, llama_jobs, 1)
         }
+        for name, url in urls.items():
+            rates[f"lorakit serve {name} ({args.clients} clients, batched)"] = _concurrent(
+                lambda text, url=url: serve_one(url, text), jobs, args.clients
+            )
+        return rates
     finally:
         model.close()
 

@@ -220,8 +220,10 @@ def _load(config, task: str):
     from lorakit.infer.load import inference_precision, load_for_inference
 
     choice = inference_precision(config.precision)
-    loaded = load_for_inference(config.model, config.adapter, task, choice)
+    loaded = load_for_inference(config.model, config.adapter, task, choice, config.quantize)
     print(choice.line(), file=sys.stderr)
+    if config.quantize != "none":
+        print(f"base: {config.quantize}-quantized (--quantize)", file=sys.stderr)
     return loaded
 
 

@@ -21,7 +21,7 @@ from lorakit.export.run import export
 from lorakit.infer.load import load_for_inference
 from lorakit.models.paths import alias_path
 
-PROMPTS = 50
+PROMPTS = 32  # agreement was 1.00 on 50 (2026-12-02); 32 keep the test a third shorter
 NEW_TOKENS = 4
 
 pytestmark = pytest.mark.slow
@@ -62,8 +62,8 @@ def held_out(trained):
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     replies = []
     with torch.no_grad():
-        for start in range(0, len(prompts), 25):
-            batch = tokenizer(prompts[start : start + 25], return_tensors="pt", padding=True)
+        for start in range(0, len(prompts), 16):
+            batch = tokenizer(prompts[start : start + 16], return_tensors="pt", padding=True)
             out = model.generate(
                 **batch,
                 max_new_tokens=NEW_TOKENS,

@@ -12,6 +12,7 @@ from torch import nn
 import lorakit
 from lorakit.cli import main
 from lorakit.errors import ConfigError
+from lorakit.eval.evaluate import evaluate
 from lorakit.lora import LoraLayer, lora_layers
 from lorakit.lora.merge import merge_layer
 from lorakit.models.quant_codec import (
@@ -369,6 +370,29 @@ def test_generate_cli_with_the_adapter_on_the_unquantized_base(quantized_runs, l
     assert main([*args, "--adapter", str(quantized_runs / "int8" / "adapter")]) == 0
 
 
+def test_generate_and_eval_cli_on_an_int8_base(quantized_runs, llama_model_dir, qa_jsonl, capsys):
+    # --quantize on the inference commands: the base as the int8 run trained on it, so
+    # eval reproduces the run's own test loss (the plain base gives another)
+    adapter, model = str(quantized_runs / "int8" / "adapter"), str(llama_model_dir)
+    args = ["generate", "Shout good #1", "--model", model, "--max-tokens", "4"]
+    assert main([*args, "--adapter", adapter, "--quantize", "int8"]) == 0
+    assert "base: int8-quantized (--quantize)" in capsys.readouterr().err
+    data = dict(data=str(qa_jsonl), max_length=200, max_eval_samples=8)
+    losses = {}
+    for mode in ("int8", "none"):
+        result = evaluate(model=model, adapter=adapter, **data, quantize=mode)
+        assert result["quantize"] == mode
+        losses[mode] = result["metrics"]["perplexity"]
+    trained = json.loads((quantized_runs / "int8" / "metrics.json").read_text())["test"][
+        "perplexity"
+    ]
+    assert losses["int8"] == pytest.approx(trained, rel=1e-4)
+    assert abs(losses["none"] - trained) > 1e-3
+    args = ["eval", "--model", model, "--adapter", adapter, "--data", str(qa_jsonl)]
+    assert main([*args, "--max-eval-samples", "4", "--quantize", "int8"]) == 0
+    assert "4 examples, fp32, int8 base)" in capsys.readouterr().out
+
+
 def test_merge_cli_dequantize(quantized_runs, llama_model_dir, tmp_path, ids, capsys):
     from transformers import AutoModelForCausalLM
 
@@ -444,3 +468,12 @@ def test_real_smollm2_quantized_logits(smollm2, monkeypatch):
         print(f"\n{mode}: logits rel err {rel:.4f}, top-1 agreement {same_top1:.3f}, {ratio:.3f}x")
         assert rel < bound and same_top1 >= agree
         assert ratio < (0.28 if mode == "int8" else 0.19)  # LoRA r=8 in fp32 included
+
+
+def test_a_trained_copy_of_a_quantized_module_is_refused():
+    model = tiny_llama()
+    lorakit.inject(model, lorakit.LoraConfig(r=4, target_modules=["q_proj"]))
+    quantize(model, "int8")
+    config = lorakit.LoraConfig(r=4, target_modules=["v_proj"], modules_to_save=["lm_head"])
+    with pytest.raises(ConfigError, match="int8-quantized module"):
+        lorakit.inject(model, config, adapter="second")

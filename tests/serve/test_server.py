@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import lorakit
+from lorakit.cli import main
 from lorakit.models.load import load_model
 from reliability.server_fixtures import wait_until_listening
 
@@ -333,11 +334,22 @@ def test_the_example_chat_page_is_served_at_root(served):
         (["--max-batch-size", "0"], "max_batch_size"),
     ],
 )
-def test_bad_serve_flags_are_one_line_errors(llama_model_dir, args, message):
+def test_bad_serve_flags_are_one_line_errors(llama_model_dir, args, message, capsys):
+    # in this process (main() is the console script's body); the installed script itself
+    # is run by the test below
+    assert main(["serve", "--model", str(llama_model_dir), "--port", "0", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_the_serve_script_exits_2_with_one_line(llama_model_dir):
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "lorakit"), "serve", "--model", str(llama_model_dir), "--port", "0", *args],
+        [str(Path(sys.executable).parent / "lorakit"), "serve", "--model", str(llama_model_dir), "--port", "0",
+         "--adapter", "x=/no/such/adapter"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "does not exist" in lines[0], (
+        out.stderr
+    )

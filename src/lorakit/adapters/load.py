@@ -24,7 +24,7 @@ from lorakit.adapters.validate import check_module_path, check_tensor, short
 from lorakit.config import LoraConfig
 from lorakit.errors import AdapterFormatError, AdapterMismatchError, ConfigError, LorakitError
 from lorakit.lora.inject import adaptable_modules, inject
-from lorakit.lora.layer import LoraLayer, linear_shape
+from lorakit.lora.layer import LoraLayer, is_quantized, linear_shape
 from lorakit.lora.registry import (
     RegistryState,
     active_adapters,
@@ -216,6 +216,11 @@ def _plan(model: nn.Module, read: ReadAdapter):
         if module is None:
             raise AdapterMismatchError(
                 f"adapter saves module {path!r}, which this model lacks — {hint}"
+            )
+        if is_quantized(module):  # its codes cannot take the saved weights
+            raise AdapterMismatchError(
+                f"adapter saves its own copy of {path!r}, which is {module.quant_type}-quantized "
+                "here — load it on a base that is not quantized (drop --quantize)"
             )
         own = dict(module.named_parameters())
         for name, tensor in params.items():

@@ -16,6 +16,7 @@ from lorakit.config import (
     OutputColumn,
     Precision,
     PromptColumn,
+    Quantize,
     RejectedColumn,
     ResponseColumn,
     StrictConfig,
@@ -39,6 +40,7 @@ class EvalConfig(StrictConfig):
         None, gt=0, description="Evaluate on at most this many examples."
     )
     precision: Precision = "auto"
+    quantize: Quantize = "none"
     format: DataFormat = "auto"
     text_column: TextColumn = None
     label_column: LabelColumn = None

@@ -37,6 +37,7 @@ def evaluate(
     reference_adapter: str | None = None,
     format: str = "auto",
     precision: str = "auto",
+    quantize: str = "none",
     **columns: str | None,
 ) -> dict:
     """Metrics of the model (+ adapter) on `split`; with compare_base, of the base model too.
@@ -56,7 +57,7 @@ def evaluate(
         raise TypeError(f"evaluate() got unexpected keyword arguments {unknown}")
 
     choice = inference_precision(precision)
-    loaded, tokenizer, task, labels = load_for_inference(model, adapter, task, choice)
+    loaded, tokenizer, task, labels = load_for_inference(model, adapter, task, choice, quantize)
     # The data half of a TrainConfig, validated as `lorakit train` validates it; the
     # training split is cut to one example unless it is the split scored.
     data_config = TrainConfig(
@@ -101,6 +102,7 @@ def evaluate(
         return finite({**out, **(score() if score else {})})
 
     result = {"model": model, "adapter": adapter, "split": split, "precision": choice.name}
+    result["quantize"] = quantize
     result["metrics"] = metrics()
     if compare_base and adapter is not None:
         with disable_adapters(loaded):

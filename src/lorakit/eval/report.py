@@ -26,7 +26,9 @@ def print_eval(result: dict) -> None:
         f"{'base':>12}" if base else ""
     )
     where = f"{result['model']} on {result['split']} ({metrics.get('examples', '?')} examples"
-    print(where + (f", {result['precision']})" if result.get("precision") else ")"))
+    said = [result.get("precision")]
+    said += [f"{result['quantize']} base"] if result.get("quantize", "none") != "none" else []
+    print(where + "".join(f", {s}" for s in said if s) + ")")
     print(header)
     for key in rows:
         line = f"{key:<20}{_fmt(metrics[key]):>12}"

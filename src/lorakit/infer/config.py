@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from lorakit.config import Precision, StrictConfig
+from lorakit.config import Precision, Quantize, StrictConfig
 
 _ADAPTER = "Adapter directory."
 
@@ -18,6 +18,7 @@ class ClassifyConfig(StrictConfig):
     model: str = Field("minilm", description="Base model.")
     adapter: str | None = Field(None, description="Classification adapter directory.")
     precision: Precision = "auto"
+    quantize: Quantize = "none"
 
 
 class GenerateConfig(StrictConfig):
@@ -35,6 +36,7 @@ class GenerateConfig(StrictConfig):
     seed: int | None = Field(None, description="Seed of the sampling (same seed, same text).")
     chat_template: bool = Field(True, description="Wrap the prompt as a user turn.")
     precision: Precision = "auto"
+    quantize: Quantize = "none"
 
 
 class ChatConfig(StrictConfig):
@@ -43,6 +45,7 @@ class ChatConfig(StrictConfig):
     system: str | None = Field(None, description="System prompt.")
     max_tokens: int = Field(256, gt=0, description="New tokens per reply at most.")
     precision: Precision = "auto"
+    quantize: Quantize = "none"
 
 
 class MergeConfig(StrictConfig):

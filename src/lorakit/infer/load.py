@@ -30,9 +30,13 @@ def load_for_inference(
     adapter: str | Path | None = None,
     task: str | None = None,
     precision: str | Choice = "fp32",
+    quantize: str = "none",
 ):
     """(model, tokenizer, task, label names) with the adapter loaded and active, the base
-    stored in `precision` (a --precision name, resolved for the CPU, or a Choice)."""
+    stored in `precision` (a --precision name, resolved for the CPU, or a Choice) and, with
+    `quantize` int8 / nf4, its frozen Linear and Embedding weights quantized (after the
+    adapter is in place, as training does: the adapter and its saved modules stay as they
+    are)."""
     labels = None
     if adapter is not None:
         adapter_kind, labels = adapter_task(adapter)
@@ -51,6 +55,10 @@ def load_for_inference(
     )
     if adapter is not None:
         load_adapter(loaded, adapter)
+    if quantize != "none":
+        from lorakit.models.quantize import quantize as quantize_base
+
+        quantize_base(loaded.requires_grad_(False), quantize, inference=True)
     loaded.eval()
     return loaded, tokenizer, task, labels or _config_labels(loaded)
 

@@ -334,7 +334,8 @@ def _build_bank(layer: LoraLayer, stamp: tuple, dtype: torch.dtype) -> Bank:
     B = ref.new_zeros(len(adapters), r_max, n_out, dtype=dtype)
     any_dora = any(ad.use_dora for _, ad in adapters)
     dora = ref.new_ones(len(adapters), n_out, dtype=dtype) if any_dora else None
-    W = layer.weight_linear
+    # DoRA's norms need W; a quantized base would otherwise be dequantized for nothing
+    W = layer.weight_linear if any_dora else None
     for slot, (_, ad) in enumerate(adapters):
         A[slot, :, : ad.r] = ad.A.T
         B[slot, : ad.r] = (ad.B * ad.scaling).T

@@ -7,6 +7,9 @@ import copy
 import torch
 from torch import nn
 
+from lorakit.errors import ConfigError
+from lorakit.lora.layer import is_quantized
+
 
 class ModulesToSave(nn.Module):
     """Holds the original module and a trainable copy per adapter.
@@ -24,6 +27,12 @@ class ModulesToSave(nn.Module):
         self.rows = None  # a lora.layer.PerRow, set by lorakit.lora.per_row.adapter_per_row
 
     def add_copy(self, name: str) -> nn.Module:
+        if is_quantized(self.original_module):  # its codes cannot take the saved weights
+            raise ConfigError(
+                f"this adapter trains its own copy of a {self.original_module.quant_type}-"
+                f"quantized module ({type(self.original_module).__name__}) — load it on a base "
+                "that is not quantized (drop --quantize)"
+            )
         module = copy.deepcopy(self.original_module)
         # A trained copy is fp32 whatever the base is stored in (--precision bf16): its
         # AdamW state and updates need fp32, and it is saved as fp32 like every adapter.

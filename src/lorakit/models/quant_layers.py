@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.models.int8_kernel import converted_matmul, packed_fits, packed_matmul
 from lorakit.models.quant_codec import CHUNK, NF4_BLOCK, dequantize_int8, dequantize_nf4
 
 
@@ -38,6 +39,7 @@ class _QuantLinear(nn.Module):
 
     lora_kind = "linear"
     quant_type = ""
+    inference = False  # quantize(..., inference=True): forward only, faster kernels allowed
 
     def __init__(self, in_features: int, out_features: int, bias: nn.Parameter | None):
         super().__init__()
@@ -119,12 +121,17 @@ class Int8Linear(_QuantLinear):
         return dequantize_int8(q[block], scale[block], dtype)
 
     # The scale factors out of the matmul: the weight is only converted, never multiplied.
+    # A model quantized for inference runs a few rows (a decode step) through torch's int8
+    # kernel where it measured faster (models/int8_kernel.py): no full-precision copy at all.
+    # Not keyed on grad mode: autograd Functions (the chunked cross-entropy) run their
+    # forward with grad off, and training must not depend on a step's row count.
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        q, scale = self._codes()
+        if self.inference and packed_fits(x, q):
+            return packed_matmul(x, q, scale)
         if len(self.row_blocks()) > 1:
             return super().matmul(x)
-        q, scale = self._codes()
-        y = F.linear(x, q.to(x.dtype))  # a fresh tensor, outside autograd: scaled in place
-        return y.mul_(scale.to(y.dtype))
+        return converted_matmul(x, q, scale)
 
     def matmul_grad(self, grad: torch.Tensor) -> torch.Tensor:
         if len(self.row_blocks()) > 1:

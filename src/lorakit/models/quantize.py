@@ -67,8 +67,12 @@ def _output_head(model: nn.Module) -> nn.Module | None:
 
 
 @torch.no_grad()
-def quantize(model: nn.Module, mode: str) -> nn.Module:
+def quantize(model: nn.Module, mode: str, *, inference: bool = False) -> nn.Module:
     """Replace the frozen base's Linear / Embedding weights by `mode` codes, in place.
+
+    `inference`: the model only runs forward (generate, serve): its int8 Linears may run a
+    few rows through torch's int8 kernel, bf16-rounded (models/int8_kernel.py). Training
+    leaves it off, so its numbers never depend on how many rows a step has.
 
     Run it after `inject` (LoRA layers then wrap quantized bases) and before the optimizer
     is built. Returns `model`. Full-precision tensors that still point into a memory-mapped
@@ -107,6 +111,7 @@ def quantize(model: nn.Module, mode: str) -> nn.Module:
         else:
             packed, absmax = quantize_nf4(module.weight)
             new = NF4Linear(packed, absmax, module.in_features, module.out_features, module.bias)
+        new.inference = inference
         set_module(model, path, new)
         page_out(module.weight)
     own_remaining(model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from lorakit.config import Precision, StrictConfig
+from lorakit.config import Precision, Quantize, StrictConfig
 
 ADAPTER_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"  # what a served adapter may be called
 
@@ -69,6 +69,7 @@ class ServeConfig(StrictConfig):
     )
     device: str = Field("auto", description="auto, cpu or cuda.")
     precision: Precision = "auto"
+    quantize: Quantize = "none"
 
     @model_validator(mode="after")
     def _tiers(self):

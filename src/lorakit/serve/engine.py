@@ -20,6 +20,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import torch
 
+from lorakit.infer.generate import eos_ids
+from lorakit.infer.sampling import generator_for, next_token
+from lorakit.infer.text import TextState
 from lorakit.lora import adapter_per_row, list_adapters
 from lorakit.serve import kv, prefill
 from lorakit.serve.adapter_cache import AdapterCache
@@ -33,9 +36,7 @@ from lorakit.serve.request import (
     fail,
     timeout_message,
 )
-from lorakit.serve.sampling import generator_for, next_token
 from lorakit.serve.slots import SlotCache
-from lorakit.serve.text import TextState
 
 __all__ = ["Engine", "EngineBusy", "Event", "QueueFull", "Request"]
 
@@ -64,7 +65,7 @@ class Engine:
         self.adapters = adapters
         self.prefix = prefix if prefix is not None else PrefixCache(0)
         self.device = next(model.parameters()).device
-        self.eos = _eos_ids(model, tokenizer)
+        self.eos = eos_ids(model, tokenizer)
         params = inspect.signature(model.forward).parameters
         self._positions = "position_ids" in params
         self._keep_last = "logits_to_keep" in params
@@ -383,14 +384,3 @@ class Engine:
             return
         order = self._slots.remove(done)
         self._rows = [self._rows[i] for i in order]
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids = set()
-    gen = getattr(model, "generation_config", None)
-    for value in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(v for v in value if isinstance(v, int))
-    return ids

@@ -25,6 +25,7 @@ from lorakit.infer.classify import classify
 from lorakit.infer.load import adapter_task
 from lorakit.lora import adapter_per_row, delete_adapter
 from lorakit.models.load import load_model
+from lorakit.models.quantize import quantize as quantize_base
 from lorakit.serve.adapter_cache import AdapterCache
 from lorakit.serve.catalog import Catalog, Entry, base_id
 from lorakit.serve.engine import Engine
@@ -71,9 +72,12 @@ class LanguageModel:
         prefix_cache_mb: float = 0.0,
         metrics=None,
         dtype: torch.dtype = torch.float32,
+        quantize: str = "none",
         **engine_args,
     ):
         self.model, self.tokenizer = load_model(name, "causal-lm", dtype=dtype)
+        if quantize != "none":  # before any adapter: each one is injected over the codes
+            quantize_base(self.model.requires_grad_(False), quantize, inference=True)
         self.model.to(resolve_device(device)).eval()
         self.id, self.catalog = served_name or base_id(name), catalog
         catalog.add(Entry(self.id, "lm", None, None))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lorakit.errors import LorakitError
-from lorakit.serve.text import TextState
+from lorakit.infer.text import TextState
 
 _ids = itertools.count()
 

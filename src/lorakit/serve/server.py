@@ -45,6 +45,7 @@ class Server:
             config.device,
             self.catalog,
             dtype=self.precision.dtype,
+            quantize=config.quantize,
             served_name=config.served_model_name,
             max_batch_size=config.max_batch_size,
             max_queue=config.max_queue,

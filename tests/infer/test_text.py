@@ -1,4 +1,4 @@
-from lorakit.serve.text import TextState
+from lorakit.infer.text import TextState
 from tiny_tokenizer import make_tokenizer
 
 TOK = make_tokenizer()

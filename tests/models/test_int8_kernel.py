@@ -1,0 +1,151 @@
+"""The int8 Linear's two inference kernels (models/int8_kernel.py): torch's packed int8
+kernel and convert-then-sgemm give the same products within bf16 rounding, the packed one
+is used only where it can run (never on an inner dimension it would crash on) and only in a
+model quantized for inference (never in training), and the probe's limit follows its
+measurements."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lorakit
+from lorakit.models import int8_kernel, quant_layers
+from lorakit.models.int8_kernel import converted_matmul, decide, packed_matmul, usable
+from lorakit.models.quant_codec import quantize_int8
+from lorakit.models.quant_layers import Int8Linear
+from lorakit.models.quantize import quantize
+from tiny_models import logits, randomize_adapters, tiny_llama
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _codes(n: int, k: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return quantize_int8(torch.randn(n, k, generator=gen))
+
+
+@pytest.fixture
+def limit(monkeypatch):
+    """Set the probe's answer: the rows limit up to which the packed kernel runs."""
+
+    def set_limit(rows: int) -> None:
+        monkeypatch.setattr(int8_kernel, "packed_rows_limit", lambda: rows)
+
+    return set_limit
+
+
+def test_the_pinned_torch_has_the_packed_kernel():
+    # make test installs torch 2.13; if a later torch drops the kernel, lorakit falls back
+    # to converting (usable is False) and this test says so instead of a silent slowdown
+    assert int8_kernel.KERNEL is not None
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (5, 576), (2, 3, 40)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_and_converted_agree_within_bf16_rounding(shape, dtype):
+    q, scale = _codes(96, shape[-1])
+    x = torch.randn(shape).to(dtype)
+    exact = x.double() @ (q.double() * scale.double()[:, None]).T
+    packed, converted = packed_matmul(x, q, scale), converted_matmul(x, q, scale)
+    assert packed.shape == converted.shape == (*shape[:-1], 96)
+    assert packed.dtype == converted.dtype == dtype
+    assert _rel(packed.double(), exact) < 1e-2
+    assert _rel(converted.double(), exact) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_usable_refuses_what_the_kernel_would_crash_on():
+    x = torch.randn(1, 13)
+    assert not usable(x, _codes(8, 13)[0])  # the kernel segfaults unless in % 8 == 0
+    assert usable(torch.randn(1, 16), _codes(8, 16)[0])
+    assert not usable(torch.randn(1, 16), _codes(8, 16)[0].float())  # not int8 codes
+
+
+def test_odd_inner_dimension_forced_packed_still_computes(limit):
+    limit(1 << 30)
+    q, scale = _codes(7, 13)
+    layer = Int8Linear(q, scale)
+    layer.inference = True
+    x = torch.randn(2, 13)
+    with torch.no_grad():
+        y = layer(x)  # would kill the process if the packed kernel ran
+    assert torch.allclose(y, converted_matmul(x, q, scale))
+
+
+def test_rows_above_the_limit_and_training_use_the_converted_kernel(limit):
+    q, scale = _codes(32, 64)
+    layer = Int8Linear(q, scale)
+    x = torch.randn(6, 64)
+    limit(1 << 30)
+    with torch.no_grad():  # not quantized for inference: training's math, any row count
+        assert torch.equal(layer(x[:1]), converted_matmul(x[:1], q, scale))
+    layer.inference = True
+    limit(4)
+    with torch.no_grad():
+        few, many = layer(x[:4]), layer(x)
+    assert torch.equal(few, packed_matmul(x[:4], q, scale))
+    assert torch.equal(many, converted_matmul(x, q, scale))
+
+
+def test_decide_takes_the_last_size_packed_won_at():
+    assert decide([(1, 1.0, 2.0), (4, 2.0, 3.0), (16, 5.0, 4.0)]) == 4
+    assert decide([(1, 2.0, 1.0)]) == 0  # lost at once: never packed
+    assert decide([(r, 1.0, 2.0) for r in int8_kernel.PROBE_ROWS]) == 64
+
+
+@pytest.mark.parametrize("forced,expected", [("packed", 1 << 30), ("converted", 0)])
+def test_the_probe_runs_and_the_environment_can_force_a_kernel(forced, expected):
+    code = "from lorakit.models.int8_kernel import packed_rows_limit as f; print(f())"
+    run = lambda env: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
+    import os
+
+    measured = int(run({k: v for k, v in os.environ.items() if k != int8_kernel.ENV}))
+    assert measured in (0, *int8_kernel.PROBE_ROWS)
+    assert int(run({**os.environ, int8_kernel.ENV: forced})) == expected
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_a_quantized_llama_decodes_alike_with_either_kernel(limit, tie, ids):
+    torch.manual_seed(0)
+    model = tiny_llama(tie=tie)
+    lorakit.inject(model, lorakit.LoraConfig(r=4))
+    randomize_adapters(model)
+    quantize(model, "int8", inference=True)
+    assert model.lm_head.inference and model.model.layers[0].mlp.up_proj.base_layer.inference
+    limit(0)
+    converted = logits(model, ids)
+    limit(1 << 30)
+    packed = logits(model, ids)
+    assert _rel(packed, converted) < 0.01  # bf16 rounding on top of the same codes
+    # each row's products are its own: one sequence alone gives its rows of the batch
+    assert torch.allclose(logits(model, ids[1:2])[0], packed[1], rtol=1e-4, atol=1e-4)
+
+
+def test_training_on_an_int8_base_never_takes_the_packed_kernel(limit, ids, monkeypatch):
+    # the chunked cross-entropy runs the head's matmul inside an autograd Function (grad
+    # off), so grad mode cannot be the switch: a training-quantized model never packs
+    limit(1 << 30)
+    torch.manual_seed(0)
+    model = tiny_llama(tie=True)
+    lorakit.inject(model, lorakit.LoraConfig(r=4))
+    quantize(model, "int8")
+    assert not any(getattr(m, "inference", False) for m in model.modules())
+    calls = []
+    spy = lambda *a: calls.append(1) or packed_matmul(*a)  # noqa: E731
+    monkeypatch.setattr(quant_layers, "packed_matmul", spy)
+    model(ids, labels=ids).loss.backward()
+    with torch.no_grad():
+        model(ids[:1, :1])
+    assert calls == []
+    for m in model.modules():
+        m.inference = True
+    with torch.no_grad():
+        model(ids[:1, :1])
+    assert len(calls) == 15  # 14 LoRA-wrapped Linears and the tied head

@@ -132,6 +132,7 @@ def test_eval_command_line(calls):
                 max_eval_samples=None,
                 format="auto",
                 precision="auto",
+                quantize="none",
                 **{f"{role}_column": None for role in DATA_COLUMNS},
                 label_column=None,
                 objective=None,

@@ -6,15 +6,18 @@ measurements."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 import lorakit
 from lorakit.models import int8_kernel, quant_layers
-from lorakit.models.int8_kernel import converted_matmul, decide, packed_matmul, usable
+from lorakit.models.int8_kernel import (
+    converted_matmul,
+    decide,
+    packed_matmul,
+    to_bf16_grid,
+    usable,
+)
 from lorakit.models.quant_codec import quantize_int8
 from lorakit.models.quant_layers import Int8Linear
 from lorakit.models.quantize import quantize
@@ -89,7 +92,22 @@ def test_rows_above_the_limit_and_training_use_the_converted_kernel(limit):
     with torch.no_grad():
         few, many = layer(x[:4]), layer(x)
     assert torch.equal(few, packed_matmul(x[:4], q, scale))
-    assert torch.equal(many, converted_matmul(x, q, scale))
+    # above the limit: converted, with the packed kernel's bf16 roundings
+    assert torch.equal(many, to_bf16_grid(converted_matmul(to_bf16_grid(x), q, scale)))
+
+
+def test_a_row_gets_the_same_numbers_from_either_kernel_of_an_inference_layer():
+    # what lets a served request get its solo reply in a batch larger than the limit: with
+    # bf16-grid scales (quantize(..., inference=True)) the two kernels differ only by the
+    # order of fp32 sums, i.e. in one bf16 step on a rare element
+    gen = torch.Generator().manual_seed(0)
+    q, scale = quantize_int8(torch.randn(1536, 576, generator=gen), torch.bfloat16)
+    assert torch.equal(scale, to_bf16_grid(scale))
+    x = torch.randn(40, 576, generator=gen)
+    packed = packed_matmul(x, q, scale)
+    rounded = to_bf16_grid(converted_matmul(to_bf16_grid(x), q, scale))
+    assert _rel(packed, rounded) < 1e-4
+    assert (packed != rounded).float().mean() < 1e-3
 
 
 def test_decide_takes_the_last_size_packed_won_at():
@@ -98,17 +116,18 @@ def test_decide_takes_the_last_size_packed_won_at():
     assert decide([(r, 1.0, 2.0) for r in int8_kernel.PROBE_ROWS]) == 64
 
 
-@pytest.mark.parametrize("forced,expected", [("packed", 1 << 30), ("converted", 0)])
-def test_the_probe_runs_and_the_environment_can_force_a_kernel(forced, expected):
-    code = "from lorakit.models.int8_kernel import packed_rows_limit as f; print(f())"
-    run = lambda env: subprocess.run(  # noqa: E731
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    ).stdout.strip()
-    import os
-
-    measured = int(run({k: v for k, v in os.environ.items() if k != int8_kernel.ENV}))
-    assert measured in (0, *int8_kernel.PROBE_ROWS)
-    assert int(run({**os.environ, int8_kernel.ENV: forced})) == expected
+def test_the_probe_runs_and_the_environment_can_force_a_kernel(monkeypatch):
+    probe = int8_kernel.packed_rows_limit
+    try:
+        monkeypatch.delenv(int8_kernel.ENV, raising=False)
+        probe.cache_clear()
+        assert probe() in (0, *int8_kernel.PROBE_ROWS)  # measured on this CPU
+        for forced, expected in (("packed", 1 << 30), ("converted", 0)):
+            monkeypatch.setenv(int8_kernel.ENV, forced)
+            probe.cache_clear()
+            assert probe() == expected
+    finally:
+        probe.cache_clear()  # the next caller measures again, without the variable
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -119,6 +138,8 @@ def test_a_quantized_llama_decodes_alike_with_either_kernel(limit, tie, ids):
     randomize_adapters(model)
     quantize(model, "int8", inference=True)
     assert model.lm_head.inference and model.model.layers[0].mlp.up_proj.base_layer.inference
+    head_scale = model.lm_head._codes()[1]  # a tied head reads the embedding's
+    assert torch.equal(head_scale, to_bf16_grid(head_scale))
     limit(0)
     converted = logits(model, ids)
     limit(1 << 30)

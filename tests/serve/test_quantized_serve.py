@@ -1,7 +1,7 @@
 """`lorakit serve --quantize int8` over real HTTP on the tiny Llama: the base's Linear and
 Embedding weights held as int8 codes, adapters injected over them at start and on demand,
-the packed int8 kernel in the decode steps, and every reply of a mixed batch equal to the
-same request sent alone."""
+the packed int8 kernel in small decode steps and its roundings in larger ones, so every
+reply of a mixed batch equals the same request sent alone."""
 
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ def test_int8_server_batches_adapters_over_int8_codes_like_solo_requests(
     llama_model_dir, adapter_root, monkeypatch
 ):
     monkeypatch.delenv("LORAKIT_API_KEY", raising=False)
-    # every decode step through the packed kernel, whatever this CPU's probe says
-    monkeypatch.setattr(int8_kernel, "packed_rows_limit", lambda: 1 << 30)
+    # the packed kernel for steps of up to 2 rows whatever this CPU's probe says: a solo
+    # request decodes through it, a mixed batch through the converted path with its roundings
+    monkeypatch.setattr(int8_kernel, "packed_rows_limit", lambda: 2)
     jobs = [(m, f"tell me about number {i}") for i, m in enumerate([*NAMES, "tiny-llama"] * 2)]
     with serving(
         llama_model_dir,

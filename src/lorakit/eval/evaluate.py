@@ -57,7 +57,9 @@ def evaluate(
         raise TypeError(f"evaluate() got unexpected keyword arguments {unknown}")
 
     choice = inference_precision(precision)
-    loaded, tokenizer, task, labels = load_for_inference(model, adapter, task, choice, quantize)
+    loaded, tokenizer, task, labels = load_for_inference(
+        model, adapter, task, choice, quantize, fast_decode=False
+    )
     # The data half of a TrainConfig, validated as `lorakit train` validates it; the
     # training split is cut to one example unless it is the split scored.
     data_config = TrainConfig(

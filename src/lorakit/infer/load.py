@@ -31,12 +31,14 @@ def load_for_inference(
     task: str | None = None,
     precision: str | Choice = "fp32",
     quantize: str = "none",
+    fast_decode: bool = True,
 ):
     """(model, tokenizer, task, label names) with the adapter loaded and active, the base
     stored in `precision` (a --precision name, resolved for the CPU, or a Choice) and, with
     `quantize` int8 / nf4, its frozen Linear and Embedding weights quantized (after the
     adapter is in place, as training does: the adapter and its saved modules stay as they
-    are)."""
+    are). `fast_decode`: int8 layers may run torch's int8 kernel, bf16-rounded (models/
+    int8_kernel.py); off, they compute as training did (`lorakit eval` reproduces a run)."""
     labels = None
     if adapter is not None:
         adapter_kind, labels = adapter_task(adapter)
@@ -58,7 +60,7 @@ def load_for_inference(
     if quantize != "none":
         from lorakit.models.quantize import quantize as quantize_base
 
-        quantize_base(loaded.requires_grad_(False), quantize, inference=True)
+        quantize_base(loaded.requires_grad_(False), quantize, inference=fast_decode)
     loaded.eval()
     return loaded, tokenizer, task, labels or _config_labels(loaded)
 

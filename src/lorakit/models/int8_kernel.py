@@ -115,3 +115,10 @@ def packed_fits(x: torch.Tensor, q: torch.Tensor) -> bool:
     """Whether x's rows go through the packed kernel: it can run them and measured faster."""
     rows = x.numel() // max(x.shape[-1], 1)
     return rows > 0 and usable(x, q) and rows <= packed_rows_limit()
+
+
+def to_bf16_grid(t: torch.Tensor) -> torch.Tensor:
+    """t rounded to bf16 values, kept in its dtype: the packed kernel's input and output
+    rounding, applied on the converted path so a row's result does not depend on which
+    kernel its batch's size picked (a served request alone or in a mixed batch)."""
+    return t.to(torch.bfloat16).to(t.dtype)

@@ -27,8 +27,12 @@ CHUNK = 1 << 22  # weights quantized per step: temporaries stay at tens of MB fo
 
 
 # -- the math ------------------------------------------------------------------------------
-def quantize_int8(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: (q int8 [rows, cols], scale [rows] in W's dtype), W ≈ q * scale."""
+def quantize_int8(
+    W: torch.Tensor, scale_grid: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: (q int8 [rows, cols], scale [rows] in W's dtype), W ≈ q * scale.
+    `scale_grid`: every scale is also a value of that dtype (bf16 for the int8 kernel, which
+    takes bf16 scales: then it and the fp32 path multiply by the same number)."""
     W = W.detach()
     q = torch.empty(W.shape, dtype=torch.int8, device=W.device)
     scale = torch.empty(W.shape[0], dtype=W.dtype, device=W.device)
@@ -36,7 +40,9 @@ def quantize_int8(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     for s in range(0, W.shape[0], rows):
         w = W[s : s + rows].float()
         # the stored (possibly bf16) scale is the one the codes are rounded against
-        scale[s : s + rows] = step = (w.abs().amax(dim=1) / 127).to(W.dtype)
+        step = w.abs().amax(dim=1) / 127
+        step = step.to(scale_grid) if scale_grid is not None else step
+        scale[s : s + rows] = step = step.to(W.dtype)
         q[s : s + rows] = torch.round(w / step.float().clamp(min=_TINY)[:, None]).clamp_(-127, 127)
     return q, scale
 

@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit.models.int8_kernel import converted_matmul, packed_fits, packed_matmul
+from lorakit.models.int8_kernel import (
+    converted_matmul,
+    packed_fits,
+    packed_matmul,
+    to_bf16_grid,
+    usable,
+)
 from lorakit.models.quant_codec import CHUNK, NF4_BLOCK, dequantize_int8, dequantize_nf4
 
 
@@ -129,6 +135,11 @@ class Int8Linear(_QuantLinear):
         q, scale = self._codes()
         if self.inference and packed_fits(x, q):
             return packed_matmul(x, q, scale)
+        if self.inference and usable(x, q):  # more rows: convert, with the packed roundings
+            return to_bf16_grid(self._converted(to_bf16_grid(x), q, scale))
+        return self._converted(x, q, scale)
+
+    def _converted(self, x, q, scale) -> torch.Tensor:
         if len(self.row_blocks()) > 1:
             return super().matmul(x)
         return converted_matmul(x, q, scale)

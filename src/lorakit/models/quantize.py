@@ -93,10 +93,11 @@ def quantize(model: nn.Module, mode: str, *, inference: bool = False) -> nn.Modu
             "nothing to quantize: no frozen nn.Linear or nn.Embedding is left — inject LoRA "
             "first (it freezes the base), or requires_grad_(False) the weights to quantize"
         )
+    grid = torch.bfloat16 if inference else None  # the int8 kernel's scales are bf16
     embeddings: dict[int, Int8Embedding] = {}  # id(fp weight) -> its int8 module
     for path, module in targets:
         if isinstance(module, nn.Embedding):
-            new = Int8Embedding(*quantize_int8(module.weight), module)
+            new = Int8Embedding(*quantize_int8(module.weight, grid), module)
             embeddings[id(module.weight)] = new
             set_module(model, path, new)
             page_out(module.weight)
@@ -107,7 +108,7 @@ def quantize(model: nn.Module, mode: str, *, inference: bool = False) -> nn.Modu
         if tied is not None:  # a tied LM head reads the embedding's rows
             new = Int8Linear(bias=module.bias, tied_to=tied)
         elif mode == "int8" or module is head:
-            new = Int8Linear(*quantize_int8(module.weight), module.bias)
+            new = Int8Linear(*quantize_int8(module.weight, grid), module.bias)
         else:
             packed, absmax = quantize_nf4(module.weight)
             new = NF4Linear(packed, absmax, module.in_features, module.out_features, module.bias)

@@ -129,6 +129,11 @@ def tiny_mlp():
     return MLP()
 
 
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b||."""
+    return ((a - b).norm() / b.norm()).item()
+
+
 def logits(model, ids):
     with torch.no_grad():
         out = model(ids)

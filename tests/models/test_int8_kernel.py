@@ -21,11 +21,7 @@ from lorakit.models.int8_kernel import (
 from lorakit.models.quant_codec import quantize_int8
 from lorakit.models.quant_layers import Int8Linear
 from lorakit.models.quantize import quantize
-from tiny_models import logits, randomize_adapters, tiny_llama
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
+from tiny_models import logits, randomize_adapters, rel_error, tiny_llama
 
 
 def _codes(n: int, k: int, seed: int = 0):
@@ -58,8 +54,8 @@ def test_packed_and_converted_agree_within_bf16_rounding(shape, dtype):
     packed, converted = packed_matmul(x, q, scale), converted_matmul(x, q, scale)
     assert packed.shape == converted.shape == (*shape[:-1], 96)
     assert packed.dtype == converted.dtype == dtype
-    assert _rel(packed.double(), exact) < 1e-2
-    assert _rel(converted.double(), exact) < (1e-5 if dtype == torch.float32 else 1e-2)
+    assert rel_error(packed.double(), exact) < 1e-2
+    assert rel_error(converted.double(), exact) < (1e-5 if dtype == torch.float32 else 1e-2)
 
 
 def test_usable_refuses_what_the_kernel_would_crash_on():
@@ -106,7 +102,7 @@ def test_a_row_gets_the_same_numbers_from_either_kernel_of_an_inference_layer():
     x = torch.randn(40, 576, generator=gen)
     packed = packed_matmul(x, q, scale)
     rounded = to_bf16_grid(converted_matmul(to_bf16_grid(x), q, scale))
-    assert _rel(packed, rounded) < 1e-4
+    assert rel_error(packed, rounded) < 1e-4
     assert (packed != rounded).float().mean() < 1e-3
 
 
@@ -144,7 +140,7 @@ def test_a_quantized_llama_decodes_alike_with_either_kernel(limit, tie, ids):
     converted = logits(model, ids)
     limit(1 << 30)
     packed = logits(model, ids)
-    assert _rel(packed, converted) < 0.01  # bf16 rounding on top of the same codes
+    assert rel_error(packed, converted) < 0.01  # bf16 rounding on top of the same codes
     # each row's products are its own: one sequence alone gives its rows of the batch
     assert torch.allclose(logits(model, ids[1:2])[0], packed[1], rtol=1e-4, atol=1e-4)
 

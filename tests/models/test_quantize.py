@@ -24,17 +24,13 @@ from lorakit.models.quant_codec import (
 )
 from lorakit.models.quant_layers import Int8Embedding, Int8Linear, NF4Linear
 from lorakit.models.quantize import dequantize, quantize, quantized_modules, tensor_bytes
-from tiny_models import logits, randomize_adapters, tiny_bert_cls, tiny_llama
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
+from tiny_models import logits, randomize_adapters, rel_error, tiny_bert_cls, tiny_llama
 
 
 def _round_trip(W: torch.Tensor) -> tuple[float, float]:
     int8 = dequantize_int8(*quantize_int8(W))
     nf4 = dequantize_nf4(*quantize_nf4(W), W.shape)
-    return _rel(int8, W), _rel(nf4, W)
+    return rel_error(int8, W), rel_error(nf4, W)
 
 
 # -- the math --------------------------------------------------------------------------------
@@ -54,7 +50,7 @@ def test_round_trip_error_on_gaussian_weights():
         # weights: measured 0.092 vs 0.107
         blocks = W.view(-1)[: 64 * 900].view(-1, 64)
         step = blocks.abs().amax(1, keepdim=True) / 7
-        uniform = _rel(torch.round(blocks / step) * step, blocks)
+        uniform = rel_error(torch.round(blocks / step) * step, blocks)
         assert nf4 < 0.9 * uniform
 
 
@@ -95,7 +91,7 @@ def test_quantized_logits_close_to_fp32(mode, bound, tie, ids):
     expected = logits(model, ids)
     lorakit.inject(model, lorakit.LoraConfig(r=4))
     quantize(model, mode)
-    assert _rel(logits(model, ids), expected) < bound
+    assert rel_error(logits(model, ids), expected) < bound
     layers = lora_layers(model)
     assert len(layers) == 14 and all(is_q(layer.base_layer) for layer in layers.values())
     assert isinstance(model.model.embed_tokens, Int8Embedding)
@@ -224,7 +220,7 @@ def test_dora_on_a_quantized_base_trains_and_pissa_quantizes_its_residual(ids):
     lorakit.inject(model, lorakit.LoraConfig(r=4, use_dora=True))
     quantize(model, "int8")
     # m was measured on the fp32 W; on W_q it rescales rows by |W|/|W_q| ≈ 1 ± 1e-4
-    assert _rel(logits(model, ids), expected) < 0.02
+    assert rel_error(logits(model, ids), expected) < 0.02
     model.train()
     model(input_ids=ids, labels=ids).loss.backward()
     layer = model.model.layers[0].self_attn.q_proj
@@ -233,7 +229,7 @@ def test_dora_on_a_quantized_base_trains_and_pissa_quantizes_its_residual(ids):
     pissa = tiny_llama()
     lorakit.inject(pissa, lorakit.LoraConfig(r=4, init="pissa"))
     quantize(pissa, "nf4")  # QPiSSA: the residual is what gets quantized
-    assert _rel(logits(pissa, ids), expected) < 0.12
+    assert rel_error(logits(pissa, ids), expected) < 0.12
     with pytest.raises(ConfigError, match="PiSSA.*quantized — .*dequantize"):
         lorakit.delete_adapter(pissa, "default")
     qlora_order = tiny_llama()
@@ -349,7 +345,7 @@ def test_train_cli_on_a_quantized_base(quantized_runs, mode, llama_model_dir, id
         p.requires_grad_(False)
     lorakit.load_adapter(trained, adapter)
     quantize(trained, mode)
-    assert _rel(logits(fp, ids), logits(trained, ids)) < (0.02 if mode == "int8" else 0.12)
+    assert rel_error(logits(fp, ids), logits(trained, ids)) < (0.02 if mode == "int8" else 0.12)
 
 
 def test_peft_reads_an_adapter_trained_on_a_quantized_base(quantized_runs, llama_model_dir, ids):
@@ -462,7 +458,7 @@ def test_real_smollm2_quantized_logits(smollm2, monkeypatch):
         quantize(model, mode)
         with torch.no_grad():
             out = model(input_ids=ids).logits
-        rel = _rel(out, smollm2["logits"])
+        rel = rel_error(out, smollm2["logits"])
         same_top1 = (out.argmax(-1) == smollm2["logits"].argmax(-1)).float().mean().item()
         ratio = tensor_bytes(model) / before
         print(f"\n{mode}: logits rel err {rel:.4f}, top-1 agreement {same_top1:.3f}, {ratio:.3f}x")

@@ -39,7 +39,7 @@ def eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def _last_logits_only(model) -> dict:
+def last_logits_only(model) -> dict:
     """forward kwargs that skip the LM head on every prompt position but the last (the
     49,152-wide head on a 100-token prompt costs as much as 100 decode steps' head)."""
     params = inspect.signature(model.forward).parameters
@@ -61,7 +61,7 @@ def decode(
 
     device = next(model.parameters()).device
     generator = generator_for(seed) if temperature > 0 else None
-    keep = _last_logits_only(model)
+    keep = last_logits_only(model)
     cache = DynamicCache()
     ids = torch.tensor([prompt_ids], device=device)
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """Which kernel runs an int8 Linear of a model quantized for inference (`quantize(...,
-inference=True)`: generate, chat, eval, serve) on the CPU, chosen by measurement.
+inference=True)`: generate, chat, classify, serve) on the CPU, chosen by measurement.
 
 Two ways to compute x @ (q * scale).T:
   converted  q converted to x's dtype, then one sgemm: reads the int8 codes, writes and

@@ -20,7 +20,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import torch
 
-from lorakit.infer.generate import eos_ids
+from lorakit.infer.generate import eos_ids, last_logits_only
 from lorakit.infer.sampling import generator_for, next_token
 from lorakit.infer.text import TextState
 from lorakit.lora import adapter_per_row, list_adapters
@@ -68,7 +68,7 @@ class Engine:
         self.eos = eos_ids(model, tokenizer)
         params = inspect.signature(model.forward).parameters
         self._positions = "position_ids" in params
-        self._keep_last = "logits_to_keep" in params
+        self._keep_last = last_logits_only(model)
         self._waiting: deque[Request] = deque()
         self._calls: deque[tuple[Callable, Future]] = deque()
         self._rows: list[Request] = []
@@ -238,8 +238,7 @@ class Engine:
         kwargs = dict(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
         if self._positions:
             kwargs["position_ids"] = positions
-        if self._keep_last:
-            kwargs["logits_to_keep"] = 1
+        kwargs.update(self._keep_last)
         start = time.perf_counter()
         with adapter_per_row(self.model, [r.adapter for r in rows]):
             out = self.model(**kwargs)

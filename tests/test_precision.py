@@ -77,3 +77,27 @@ def test_each_name_resolves_to_a_storage_dtype_and_full_fine_tuning_to_autocast(
     assert (auto_full.name, auto_full.autocast) == ("fp32", False)  # autocast on CPU: slower
     with pytest.raises(ConfigError, match="precision must be one of"):
         resolve_precision("int4", CPU)
+
+
+@pytest.mark.parametrize("row, want", [(0.56, "fp32"), (1.4, "bf16")])
+def test_one_sequence_at_a_time_keeps_fp32_where_the_bf16_row_matmul_is_slower(
+    monkeypatch, row, want
+):
+    # the probe's readings forced (as on an AMX Xeon: bf16 far ahead on batches, its GEMV
+    # 0.56x fp32); the rule that turns them into a choice is what runs
+    import lorakit.precision as precision
+
+    monkeypatch.setattr(precision, "auto_precision", lambda device: ("bf16", "measured fast"))
+    monkeypatch.setattr(precision, "_cpu_row_ratio", lambda threads: row)
+    single = resolve_precision("auto", CPU, single_row=True)
+    assert single.name == want
+    if want == "fp32":
+        assert f"{row:.2f}x" in single.reason and "one sequence at a time" in single.reason
+    assert resolve_precision("auto", CPU).name == "bf16"  # batched work: the batch probe
+    assert resolve_precision("bf16", CPU, single_row=True).name == "bf16"  # asked for
+
+
+def test_the_row_probe_measures_a_real_ratio():
+    from lorakit.precision import _ratio
+
+    assert 0 < _ratio(1, 64, 64, 3) < 1e4

@@ -88,7 +88,7 @@ def generate(config: GenerateConfig) -> None:
     from lorakit.infer.chat import render_chat
     from lorakit.infer.generate import stream
 
-    loaded, tokenizer, _, _ = _load(config, "causal-lm")
+    loaded, tokenizer, _, _ = _load(config, "causal-lm", single_row=True)
     text = config.prompt
     if config.chat_template and tokenizer.chat_template:
         text = render_chat(tokenizer, [{"role": "user", "content": text}])
@@ -104,7 +104,7 @@ def chat(config: ChatConfig) -> None:
     """Chat interactively (the model's chat template; replies stream). /exit to leave."""
     from lorakit.infer.chat import chat_loop
 
-    loaded, tokenizer, _, _ = _load(config, "causal-lm")
+    loaded, tokenizer, _, _ = _load(config, "causal-lm", single_row=True)
 
     def read() -> str | None:
         try:
@@ -214,12 +214,13 @@ def demo(config: DemoConfig) -> None:
     run_demo(**config.model_dump())
 
 
-def _load(config, task: str):
+def _load(config, task: str, *, single_row: bool = False):
     """load_for_inference for an inference command at its --precision; the choice is said on
-    stderr (stdout is the output) once the model loaded, so a bad input stays one line."""
+    stderr (stdout is the output) once the model loaded, so a bad input stays one line.
+    single_row: the command decodes one sequence at a time (generate, chat)."""
     from lorakit.infer.load import inference_precision, load_for_inference
 
-    choice = inference_precision(config.precision)
+    choice = inference_precision(config.precision, single_row=single_row)
     loaded = load_for_inference(config.model, config.adapter, task, choice, config.quantize)
     print(choice.line(), file=sys.stderr)
     if config.quantize != "none":

@@ -33,6 +33,11 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 # the gain (measured: 1.3x at the decode shape gave no faster decode).
 MIN_SPEEDUP = 2.0
 MIN_SKINNY_SPEEDUP = 1.0
+# One sequence at a time (lorakit generate / chat) multiplies single rows: a GEMV, which
+# is memory-bound and which oneDNN's bf16 path ran at 0.56x fp32 on an AMX Xeon (10.7 vs
+# 19.1 GFLOP/s at 1 x 576 x 1536; batch-1 generation 8.9 vs 12.9 tokens/s). auto keeps
+# fp32 there unless the probe's 1-row matmul is at least this fast in bf16.
+MIN_ROW_SPEEDUP = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,16 +64,27 @@ class Choice:
         return f"precision: {self.name}{how} — {self.reason}"
 
 
-def resolve_precision(requested: str, device: torch.device, *, train_all: bool = False) -> Choice:
+def resolve_precision(
+    requested: str, device: torch.device, *, train_all: bool = False, single_row: bool = False
+) -> Choice:
     """The precision `requested` means on `device`. train_all: every weight trains (method
     full), so half precision runs as autocast over fp32 weights, and auto stays fp32 on a
-    CPU (autocast there measured slower than fp32)."""
+    CPU (autocast there measured slower than fp32). single_row: the work is one sequence
+    decoded at a time (generate, chat), so auto also asks the probe's 1-row matmul."""
     if requested not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if requested == "auto":
         name, reason = auto_precision(device)
         if name != "fp32" and train_all and device.type == "cpu":
             name, reason = "fp32", "full fine-tuning on a CPU: autocast measured slower than fp32"
+        if name != "fp32" and single_row and device.type == "cpu":
+            row = _cpu_row_ratio(torch.get_num_threads())
+            if row < MIN_ROW_SPEEDUP:
+                name = "fp32"
+                reason = (
+                    f"one sequence at a time: the bf16 1-row matmul measured {row:.2f}x fp32 "
+                    f"(batched work would take bf16: {reason})"
+                )
         return Choice(name, reason, autocast=train_all and name != "fp32")
     return Choice(requested, "asked for", autocast=train_all and requested != "fp32")
 
@@ -94,6 +110,13 @@ def _cpu_choice(threads: int) -> tuple[str, str]:
     except RuntimeError as exc:  # a build without bf16 kernels
         return "fp32", f"the bf16 probe failed ({str(exc).splitlines()[0][:80]})"
     return decide(square, skinny, flags or set())
+
+
+@functools.cache
+def _cpu_row_ratio(threads: int) -> float:
+    """fp32 time / bf16 time of a 1-row matmul of a small decoder's width (1 x 576 x
+    1536, the size of SmolLM2's MLP), measured once per process."""
+    return _ratio(1, 576, 1536, 50)
 
 
 def decide(square: float, skinny: float, flags: set[str]) -> tuple[str, str]:
@@ -127,23 +150,34 @@ def _torch_reports_bf16() -> bool:
 
 
 def probe_bf16_speedup(size: int = 1024, rows: int = 64, reps: int = 5) -> tuple[float, float]:
-    """(square, skinny): fp32 time / bf16 time of a size³ matmul and of a rows x size x size
-    one (the shape of a decode step), best of `reps` each after a warm-up. ~0.1 s on a CPU
-    with a bf16 engine."""
-    return _ratio(size, size, size, reps), _ratio(rows, size, size, reps * 4)
+    """(square, skinny): fp32 time / bf16 time of a 2size x size x size matmul (a batch of
+    tokens through a layer) and of a rows x size x size one (the shape of a decode step),
+    best of `reps` each after a warm-up. ~0.5 s on a CPU with a bf16 engine. Not size³:
+    on an AMX Xeon 1024³ read 1.9x in one process of three (below the threshold) while
+    2048 x 1024 x 1024 read 3.0-3.4x in all, as training's shapes did (3.3-6.0x)."""
+    return _ratio(2 * size, size, size, reps), _ratio(rows, size, size, reps * 4)
 
 
 def _ratio(m: int, k: int, n: int, reps: int) -> float:
-    times = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-        a @ b  # warm-up: first call picks the kernel
-        best = float("inf")
-        for _ in range(reps):
+    """fp32 time / bf16 time of an m x k x n matmul: each dtype warmed up twice (the first
+    bf16 call of a process pays for oneDNN's kernel choice and, on AMX, the tile state),
+    then the two timed in turn, best of `reps` each (measured: without the warm-up and the
+    interleaving, the 1024^3 ratio ranged 2.0x-4.4x between runs on one machine)."""
+    pairs = {d: (torch.randn(m, k, dtype=d), torch.randn(k, n, dtype=d)) for d in _DTYPES}
+    best = dict.fromkeys(_DTYPES, float("inf"))
+    for dtype, (a, b) in pairs.items():
+        a @ b  # untimed: the first call of a process sets up (measured 10-100x a later call)
+        start = time.perf_counter()
+        a @ b
+        best[dtype] = time.perf_counter() - start
+        if dtype is torch.bfloat16 and best[dtype] > 20 * best[torch.float32] + 0.01:
+            return best[torch.float32] / best[dtype]  # a scalar fallback: one slow run says enough
+    for _ in range(reps):
+        for dtype, (a, b) in pairs.items():
             start = time.perf_counter()
             a @ b
-            best = min(best, time.perf_counter() - start)
-            if dtype is torch.bfloat16 and best > 20 * times[torch.float32]:
-                break  # a scalar fallback: one slow run says enough
-        times[dtype] = best
-    return times[torch.float32] / times[torch.bfloat16]
+            best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+_DTYPES = (torch.float32, torch.bfloat16)

@@ -12,7 +12,7 @@ from pydantic import Field
 from lorakit.cli import main
 from lorakit.cli_options import config_command
 from lorakit.config import DATA_COLUMNS, StrictConfig
-from lorakit.precision import auto_precision
+from lorakit.precision import auto_precision, resolve_precision
 
 
 class Toy(StrictConfig):
@@ -148,7 +148,9 @@ def test_eval_command_line(calls):
 def test_generate_and_classify_command_lines(calls, capsys):
     assert main(["generate", "hi there", "--raw", "--temperature", "0.5", "--seed", "3"]) == 0
     assert calls["load"][-1][0][:3] == ("smollm2-135m", None, "causal-lm")
-    assert calls["load"][-1][0][3].name == auto_precision(torch.device("cpu"))[0]
+    # one sequence at a time: auto's choice with the 1-row probe (fp32 where bf16 GEMVs lose)
+    single = resolve_precision("auto", torch.device("cpu"), single_row=True)
+    assert calls["load"][-1][0][3] == single
     assert calls["stream"][-1][0][2:] == ("hi there", 128, 0.5, 1.0, 3) and "render" not in calls
     assert main(["generate", "hi", "--max-tokens", "8"]) == 0  # --chat-template by default
     assert calls["render"][0][0][1] == [{"role": "user", "content": "hi"}]
@@ -161,6 +163,8 @@ def test_generate_and_classify_command_lines(calls, capsys):
     printed = capsys.readouterr()
     assert printed.out.splitlines() == ['{"text": "one"}', '{"text": "two"}']
     assert printed.err.startswith("precision: bf16 — asked for")  # stdout stays JSON lines
+    assert main(["classify", "a", "b", "--adapter", "x"]) == 0  # a batch: the batch probe alone
+    assert calls["load"][-1][0][3].name == auto_precision(torch.device("cpu"))[0]
 
 
 def test_merge_and_demo_command_lines(calls):

@@ -65,12 +65,15 @@ def load_for_inference(
     return loaded, tokenizer, task, labels or _config_labels(loaded)
 
 
-def inference_precision(precision: str | Choice, device: str = "cpu") -> Choice:
+def inference_precision(
+    precision: str | Choice, device: str = "cpu", *, single_row: bool = False
+) -> Choice:
     """A --precision name resolved for inference on `device` (no autocast: every weight is
-    frozen, so the whole base is stored in the chosen dtype)."""
+    frozen, so the whole base is stored in the chosen dtype). single_row: one sequence
+    decoded at a time (generate, chat), where auto also weighs the 1-row matmul."""
     if isinstance(precision, Choice):
         return precision
-    return resolve_precision(precision, torch.device(device))
+    return resolve_precision(precision, torch.device(device), single_row=single_row)
 
 
 def saved_head_size(adapter: str | Path) -> int | None:

@@ -26,6 +26,7 @@ from lorakit.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = (torch.float32, torch.bfloat16)  # what the probe compares
 # CPU flags of a bf16 matrix engine (Linux /proc/cpuinfo names)
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 # auto takes bf16 when the probe's square matmul is this much faster than fp32 and its
@@ -159,9 +160,9 @@ def probe_bf16_speedup(size: int = 1024, rows: int = 64, reps: int = 5) -> tuple
 
 
 def _ratio(m: int, k: int, n: int, reps: int) -> float:
-    """fp32 time / bf16 time of an m x k x n matmul: each dtype warmed up twice (the first
-    bf16 call of a process pays for oneDNN's kernel choice and, on AMX, the tile state),
-    then the two timed in turn, best of `reps` each (measured: without the warm-up and the
+    """fp32 time / bf16 time of an m x k x n matmul: each dtype's first call untimed (the
+    first bf16 call of a process pays for oneDNN's kernel choice and, on AMX, the tile
+    state), then the two timed in turn, best of 1 + `reps` each (measured: without the warm-up and the
     interleaving, the 1024^3 ratio ranged 2.0x-4.4x between runs on one machine)."""
     pairs = {d: (torch.randn(m, k, dtype=d), torch.randn(k, n, dtype=d)) for d in _DTYPES}
     best = dict.fromkeys(_DTYPES, float("inf"))
@@ -178,6 +179,3 @@ def _ratio(m: int, k: int, n: int, reps: int) -> float:
             a @ b
             best[dtype] = min(best[dtype], time.perf_counter() - start)
     return best[torch.float32] / best[torch.bfloat16]
-
-
-_DTYPES = (torch.float32, torch.bfloat16)

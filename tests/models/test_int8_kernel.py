@@ -6,6 +6,9 @@ measurements."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -45,7 +48,7 @@ def test_the_pinned_torch_has_the_packed_kernel():
     assert int8_kernel.KERNEL is not None
 
 
-@pytest.mark.parametrize("shape", [(1, 64), (5, 576), (2, 3, 40)])
+@pytest.mark.parametrize("shape", [(1, 64), (5, 576), (2, 3, 48)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_packed_and_converted_agree_within_bf16_rounding(shape, dtype):
     q, scale = _codes(96, shape[-1])
@@ -60,9 +63,39 @@ def test_packed_and_converted_agree_within_bf16_rounding(shape, dtype):
 
 def test_usable_refuses_what_the_kernel_would_crash_on():
     x = torch.randn(1, 13)
-    assert not usable(x, _codes(8, 13)[0])  # the kernel segfaults unless in % 8 == 0
+    assert not usable(x, _codes(8, 13)[0])  # segfaults on an EPYC unless in % 8 == 0
+    # an AMX Xeon segfaults on 2+ bf16 rows unless in % 16 == 0
+    assert not usable(torch.randn(6, 40), _codes(8, 40)[0])
     assert usable(torch.randn(1, 16), _codes(8, 16)[0])
+    assert usable(torch.randn(6, 48), _codes(8, 48)[0])
     assert not usable(torch.randn(1, 16), _codes(8, 16)[0].float())  # not int8 codes
+
+
+_EVERY_ACCEPTED_SHAPE_RUNS = """
+import torch
+from lorakit.models.int8_kernel import packed_matmul, usable
+for rows in (1, 2, 3, 6, 17, 64):
+    for inner in (8, 16, 24, 40, 48, 584, 592):
+        for out in (8, 96):
+            x = torch.randn(rows, inner).bfloat16()
+            q = torch.randint(-127, 128, (out, inner), dtype=torch.int8)
+            if usable(x, q):
+                print(rows, inner, out, flush=True)
+                assert packed_matmul(x, q, torch.rand(out)).shape == (rows, out)
+print("all ran", flush=True)
+"""
+
+
+def test_every_shape_usable_accepts_runs_on_this_cpu():
+    # in a child process: a shape the guard lets through but the kernel crashes on would
+    # otherwise kill the test run, and with it a user's server
+    done = subprocess.run(
+        [sys.executable, "-c", _EVERY_ACCEPTED_SHAPE_RUNS], capture_output=True, text=True
+    )
+    lines = done.stdout.split("\n")
+    assert done.returncode == 0, f"kernel died after: {lines[-2:]} {done.stderr[-300:]}"
+    assert lines[-2] == "all ran"
+    assert len(lines) - 2 == 6 * 3 * 2  # inner 16, 48, 592 are accepted; 8, 24, 40, 584 not
 
 
 def test_odd_inner_dimension_forced_packed_still_computes(limit):

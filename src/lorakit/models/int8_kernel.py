@@ -14,9 +14,15 @@ Two ways to compute x @ (q * scale).T:
 
 `packed_rows_limit()` times both on a decoder-sized matrix once per process and returns
 the largest row count at which packed is faster (0: never, e.g. where the kernel is a slow
-fallback or missing), so nothing is assumed about the CPU. The kernel crashes the process
-(not an exception) when the inner dimension is not a multiple of 8, so `usable` checks
-that first.
+fallback or missing), so nothing is assumed about the CPU.
+
+The kernel crashes the process (a segfault, not an exception) on some inner dimensions, so
+`usable` refuses them before any call. Found by calling it on a grid of shapes, each in a
+child process (torch 2.13, 2026-12): on a 2-core EPYC without bf16 it crashed unless
+in % 8 == 0; on an AMX Xeon (amx_bf16 amx_int8 amx_tile avx512_bf16) it also crashes on
+any bf16 input of 2 or more rows unless in % 16 == 0 (1 row, and fp32 inputs, ran). So
+only in % 16 == 0 goes through it, whatever the row count: a decoder's hidden and MLP
+sizes are multiples of 16, and anything else takes the converted path.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ KERNEL = getattr(torch, "_weight_int8pack_mm", None)
 # serving batch of 8 between two coarse points would otherwise fall to the converted path,
 # which at a few rows is slower than an fp32 weight
 PROBE_ROWS = (1, 2, 4, 8, 16, 32, 64)
+IN_MULTIPLE = 16  # inner dimensions the kernel runs on every CPU tried (docstring)
 ENV = "LORAKIT_INT8_KERNEL"  # "packed" or "converted" forces one (tests, diagnosis)
 
 
@@ -42,7 +49,7 @@ def usable(x: torch.Tensor, q: torch.Tensor) -> bool:
         and q.device.type == "cpu"
         and q.dtype == torch.int8
         and q.dim() == 2
-        and q.shape[1] % 8 == 0
+        and q.shape[1] % IN_MULTIPLE == 0
         and x.is_floating_point()
     )
 

@@ -97,6 +97,20 @@ def test_one_sequence_at_a_time_keeps_fp32_where_the_bf16_row_matmul_is_slower(
     assert resolve_precision("bf16", CPU, single_row=True).name == "bf16"  # asked for
 
 
+def test_serving_on_a_cpu_stays_fp32_under_auto(monkeypatch):
+    # bf16 measured far ahead (forced, as on an AMX Xeon): batched training and eval take it,
+    # the server does not (a request's tokens would depend on its batch-mates), unless asked
+    import lorakit.precision as precision
+
+    monkeypatch.setattr(precision, "auto_precision", lambda device: ("bf16", "measured fast"))
+    served = resolve_precision("auto", CPU, serving=True)
+    assert served.name == "fp32" and "solo run" in served.reason
+    assert "measured fast" in served.reason  # what batched work would have taken, and why
+    assert resolve_precision("auto", CPU).name == "bf16"
+    assert resolve_precision("bf16", CPU, serving=True).name == "bf16"
+    assert resolve_precision("auto", torch.device("cuda"), serving=True).name == "bf16"
+
+
 def test_the_row_probe_measures_a_real_ratio():
     from lorakit.precision import _ratio
 

@@ -39,6 +39,14 @@ MIN_SKINNY_SPEEDUP = 1.0
 # 19.1 GFLOP/s at 1 x 576 x 1536; batch-1 generation 8.9 vs 12.9 tokens/s). auto keeps
 # fp32 there unless the probe's 1-row matmul is at least this fast in bf16.
 MIN_ROW_SPEEDUP = 1.0
+# Serving batches many tenants' requests, and each must get the tokens it gets alone. bf16
+# rounds each matmul after a reduction whose blocking depends on the batch's row count, so a
+# request's greedy tokens change with its batch-mates (measured on an AMX Xeon: 773 of 5820
+# soak answers changed); fp32 keeps them equal. auto therefore serves in fp32 on a CPU.
+SERVING_REASON = (
+    "serving: in bf16 a request's tokens would depend on the requests batched with it; fp32 "
+    "keeps each equal to its solo run"
+)
 
 
 @dataclass(frozen=True)
@@ -66,18 +74,28 @@ class Choice:
 
 
 def resolve_precision(
-    requested: str, device: torch.device, *, train_all: bool = False, single_row: bool = False
+    requested: str,
+    device: torch.device,
+    *,
+    train_all: bool = False,
+    single_row: bool = False,
+    serving: bool = False,
 ) -> Choice:
     """The precision `requested` means on `device`. train_all: every weight trains (method
     full), so half precision runs as autocast over fp32 weights, and auto stays fp32 on a
     CPU (autocast there measured slower than fp32). single_row: the work is one sequence
-    decoded at a time (generate, chat), so auto also asks the probe's 1-row matmul."""
+    decoded at a time (generate, chat), so auto also asks the probe's 1-row matmul.
+    serving: rows of many tenants share a batch, so auto stays fp32 on a CPU (see
+    SERVING_REASON; on CUDA, where fp32 kernels also vary with the batch shape, auto still
+    takes bf16)."""
     if requested not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if requested == "auto":
         name, reason = auto_precision(device)
         if name != "fp32" and train_all and device.type == "cpu":
             name, reason = "fp32", "full fine-tuning on a CPU: autocast measured slower than fp32"
+        if name != "fp32" and serving and device.type == "cpu":
+            name, reason = "fp32", f"{SERVING_REASON} (batched work would take bf16: {reason})"
         if name != "fp32" and single_row and device.type == "cpu":
             row = _cpu_row_ratio(torch.get_num_threads())
             if row < MIN_ROW_SPEEDUP:

@@ -309,6 +309,10 @@ def lm_args(llama_model_dir, qa_jsonl):
         "200",
         "--max-eval-samples",
         "8",
+        # fp32, which the checks against library calls below compute in (auto takes bf16 on
+        # a CPU with a bf16 matrix engine)
+        "--precision",
+        "fp32",
     ]
 
 
@@ -373,7 +377,7 @@ def test_generate_and_eval_cli_on_an_int8_base(quantized_runs, llama_model_dir, 
     args = ["generate", "Shout good #1", "--model", model, "--max-tokens", "4"]
     assert main([*args, "--adapter", adapter, "--quantize", "int8"]) == 0
     assert "base: int8-quantized (--quantize)" in capsys.readouterr().err
-    data = dict(data=str(qa_jsonl), max_length=200, max_eval_samples=8)
+    data = dict(data=str(qa_jsonl), max_length=200, max_eval_samples=8, precision="fp32")
     losses = {}
     for mode in ("int8", "none"):
         result = evaluate(model=model, adapter=adapter, **data, quantize=mode)
@@ -385,7 +389,9 @@ def test_generate_and_eval_cli_on_an_int8_base(quantized_runs, llama_model_dir, 
     assert losses["int8"] == pytest.approx(trained, rel=1e-4)
     assert abs(losses["none"] - trained) > 1e-3
     args = ["eval", "--model", model, "--adapter", adapter, "--data", str(qa_jsonl)]
-    assert main([*args, "--max-eval-samples", "4", "--quantize", "int8"]) == 0
+    assert (
+        main([*args, "--max-eval-samples", "4", "--quantize", "int8", "--precision", "fp32"]) == 0
+    )
     assert "4 examples, fp32, int8 base)" in capsys.readouterr().out
 
 

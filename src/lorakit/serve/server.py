@@ -39,7 +39,9 @@ class Server:
         if config.classifier_adapters and not config.classifier:
             raise ConfigError("--classifier-adapter needs --classifier MODEL")
         self.feedback = FeedbackStore(config.feedback_db)  # checked now, created on first use
-        self.precision = resolve_precision(config.precision, resolve_device(config.device))
+        self.precision = resolve_precision(
+            config.precision, resolve_device(config.device), serving=True
+        )
         self.lm = LanguageModel(
             config.model,
             config.device,

@@ -133,13 +133,21 @@ def test_fp16_training_is_refused_in_one_line(tmp_path, llama_model_dir, qa_json
     assert not (tmp_path / "h").exists()
 
 
-def test_resume_refuses_a_checkpoint_of_another_precision(tmp_path, llama_model_dir, qa_jsonl):
+def test_resume_keeps_the_checkpoints_precision_and_refuses_another(
+    tmp_path, llama_model_dir, qa_jsonl
+):
     cfg = _lm(tmp_path, llama_model_dir, qa_jsonl, "r", max_steps=2, save_every=1, precision="auto")
     first = train(cfg, progress=False, log=_quiet)
-    # the run moved to a machine where auto resolves otherwise: its checkpoint says bf16
+    # auto's probe read the other way on resume (another machine, or a busy one): the
+    # checkpoint says the steps so far were computed in the other precision
     other = "bf16" if first["precision"] == "fp32" else "fp32"
     last = list_checkpoints(tmp_path / "r/checkpoints")[-1]
     state = json.loads((last / "state.json").read_text())
     (last / "state.json").write_text(json.dumps({**state, "precision": other}))
-    with pytest.raises(ConfigError, match=f"trained in {other} until step 2"):
-        train(cfg.model_copy(update={"resume": True}), progress=False, log=_quiet)
+    resumed = train(cfg.model_copy(update={"resume": True}), progress=False, log=_quiet)
+    assert resumed["precision"] == other
+    assert resumed["precision_reason"] == f"the run being resumed computed in {other}"
+    # a precision other than the run's own is refused, in one line
+    asked = cfg.model_copy(update={"resume": True, "precision": first["precision"]})
+    with pytest.raises(ConfigError, match=r"--resume with a different config \(precision\)"):
+        train(asked, progress=False, log=_quiet)

@@ -90,6 +90,15 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
 
 
+def checkpoint_precision(path: Path) -> str | None:
+    """The precision the steps up to checkpoint `path` computed in; None if unreadable
+    (load_checkpoint then says why)."""
+    try:
+        return TrainState(**json.loads((Path(path) / "state.json").read_text())).precision
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def load_checkpoint(
     path: Path,
     model: nn.Module,

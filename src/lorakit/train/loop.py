@@ -29,6 +29,7 @@ from lorakit.precision import Choice, resolve_precision
 from lorakit.train import distributed
 from lorakit.train.checkpoint import (
     TrainState,
+    checkpoint_precision,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
@@ -102,6 +103,14 @@ def build(config: TrainConfig, log=print) -> Run:
 def training_precision(config: TrainConfig, device: torch.device) -> Choice:
     """What --precision means for this run (printed, in metrics.json and checkpoints)."""
     choice = resolve_precision(config.precision, device, train_all=config.method == "full")
+    resumed = _resumed_precision(config)
+    if config.precision == "auto" and resumed is not None and resumed != choice.name:
+        # auto's probe is timed, and a busy machine (or another thread count) can read it the
+        # other way: a resumed run keeps computing in what it started in, so it stays exact
+        choice = resolve_precision(resumed, device, train_all=config.method == "full")
+        choice = Choice(
+            choice.name, f"the run being resumed computed in {resumed}", choice.autocast
+        )
     if distributed.active():  # auto's timed probe could differ by rank: rank 0's rules
         choice = distributed.all_gather_object(choice)[0]
     if choice.name == "fp16":
@@ -110,6 +119,14 @@ def training_precision(config: TrainConfig, device: torch.device) -> Choice:
             "training needs loss scaling, which lorakit does not do — train with bf16 or fp32"
         )
     return choice
+
+
+def _resumed_precision(config: TrainConfig) -> str | None:
+    """The precision of the checkpoint --resume will continue from, if there is one."""
+    if not config.resume:
+        return None
+    found = list_checkpoints(Path(config.output) / "checkpoints")
+    return checkpoint_precision(found[-1]) if found else None
 
 
 def _epoch_batches(run: Run, epoch: int) -> list[dict]:

@@ -90,11 +90,15 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
 
 
+def _read_state(path: Path) -> TrainState:
+    return TrainState(**json.loads((Path(path) / "state.json").read_text()))
+
+
 def checkpoint_precision(path: Path) -> str | None:
     """The precision the steps up to checkpoint `path` computed in; None if unreadable
     (load_checkpoint then says why)."""
     try:
-        return TrainState(**json.loads((Path(path) / "state.json").read_text())).precision
+        return _read_state(path).precision
     except (OSError, ValueError, TypeError):
         return None
 
@@ -115,7 +119,7 @@ def load_checkpoint(
     try:
         tensors = load_file(str(path / "trainable.safetensors"))
         extra = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-        state = TrainState(**json.loads((path / "state.json").read_text()))
+        state = _read_state(path)
     except Exception as exc:  # any unreadable piece means this checkpoint cannot be resumed
         raise LorakitError(
             f"checkpoint {path} is unreadable ({exc}) — delete it to resume from an earlier one"

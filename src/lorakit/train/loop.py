@@ -102,15 +102,17 @@ def build(config: TrainConfig, log=print) -> Run:
 
 def training_precision(config: TrainConfig, device: torch.device) -> Choice:
     """What --precision means for this run (printed, in metrics.json and checkpoints)."""
-    choice = resolve_precision(config.precision, device, train_all=config.method == "full")
-    resumed = _resumed_precision(config)
-    if config.precision == "auto" and resumed is not None and resumed != choice.name:
-        # auto's probe is timed, and a busy machine (or another thread count) can read it the
-        # other way: a resumed run keeps computing in what it started in, so it stays exact
-        choice = resolve_precision(resumed, device, train_all=config.method == "full")
+    train_all = config.method == "full"
+    # auto's probe is timed, and a busy machine (or another thread count) can read it the
+    # other way: a resumed run keeps computing in what it started in, so it stays exact
+    resumed = _resumed_precision(config) if config.precision == "auto" else None
+    if resumed is not None:
+        choice = resolve_precision(resumed, device, train_all=train_all)
         choice = Choice(
             choice.name, f"the run being resumed computed in {resumed}", choice.autocast
         )
+    else:
+        choice = resolve_precision(config.precision, device, train_all=train_all)
     if distributed.active():  # auto's timed probe could differ by rank: rank 0's rules
         choice = distributed.all_gather_object(choice)[0]
     if choice.name == "fp16":

@@ -1,4 +1,4 @@
-"""Attention for bf16 training on a CPU: torch's SDPA with q, k and v upcast to fp32.
+"""Attention for half-precision models on a CPU: torch's SDPA with q, k and v upcast to fp32.
 
 torch 2.13's CPU flash-attention backward is several times slower in bf16 than in fp32
 (measured on an AMX Xeon, fwd + bwd at MiniLM's shape 32 x 12 heads x 48 tokens x 32:
@@ -8,7 +8,9 @@ up to fp32 for the attention itself, and its output comes back down to bf16.
 
 Registered with transformers' attention interface under NAME (with the sdpa mask), so a
 model opts in per instance (`use_fp32_attention`) and no other model in the process
-changes.
+changes. `load_model` opts in every bf16/fp16 model, so training, `eval`, `generate` and
+`serve` compute attention the same way (a metric logged in training is the one `eval`
+reproduces); on CUDA the function is torch's SDPA unchanged.
 """
 
 from __future__ import annotations

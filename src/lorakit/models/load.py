@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from lorakit.errors import ConfigError, ModelNotFoundError
+from lorakit.models.attention import use_fp32_attention
 from lorakit.models.gguf_cache import cached_gguf_dir
 from lorakit.models.paths import ALIASES, alias_path
 
@@ -184,6 +185,10 @@ def load_model(
     if model.config.pad_token_id is None:
         # decoder classifiers find each row's last real token through pad_token_id
         model.config.pad_token_id = tokenizer.pad_token_id
+    if dtype in (torch.bfloat16, torch.float16):
+        # every half-precision model (train, eval, generate, serve) runs the same attention,
+        # so a metric logged while training is the one `eval` reproduces; see attention.py
+        use_fp32_attention(model)
     return model, tokenizer
 
 

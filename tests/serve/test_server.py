@@ -123,10 +123,12 @@ def test_adapters_differ_and_each_equals_lorakit_generate(client, served):
     }
     assert len(set(replies.values())) == 3, replies
     for name in ("calm", "cheerful"):
+        # fp32, serve's choice on a CPU: generate's auto also times a 1-row matmul and
+        # takes bf16 on some runs, which changes the tokens
         out = subprocess.run(
             [str(Path(sys.executable).parent / "lorakit"), "generate", PROMPTS[0],
              "--model", str(served["dir"]), "--adapter", str(served["paths"][name]),
-             "--max-tokens", "16"],
+             "--max-tokens", "16", "--precision", "fp32"],
             capture_output=True, text=True, timeout=300, check=True,
         )  # fmt: skip
         assert out.stdout.removesuffix("\n") == replies[name]

@@ -123,7 +123,16 @@ def run_trl(args, out: Path, checkpointing: bool) -> dict:
     }
 
 
-def lorakit_command(args, out: Path, checkpointing: bool) -> list[str]:
+def lorakit_command(args, out: Path, variant: str) -> list[str]:
+    """lorakit's CLI for a variant `lorakit[-kaiming][-checkpointing][-keep-memory]`.
+    -kaiming: peft's default init, which TRL's recipe gets (lorakit's own default is
+    A ~ N(0, 1/r), peft's "gaussian"). -checkpointing: --activation-checkpointing, which also
+    turns lorakit's release-memory heap policy on; -keep-memory turns that policy off, as in
+    TRL's checkpointed run."""
+    parts = set(variant.split("-")[1:])
+    unknown = parts - {"kaiming", "checkpointing", "keep", "memory"}
+    if unknown:
+        sys.exit(f"unknown lorakit variant {variant!r}")
     cmd = [sys.executable, "-m", "lorakit", "train", "--model", MODEL, "--task", "causal-lm"]
     cmd += ["--data", str(args.data), "--output", str(out), "--objective", "dpo"]
     cmd += ["--beta", str(args.beta), "--lr", str(args.lr), "--warmup-ratio", "0"]
@@ -132,7 +141,9 @@ def lorakit_command(args, out: Path, checkpointing: bool) -> list[str]:
     cmd += ["--targets", ",".join(TARGETS), "--dropout", "0", "--seed", str(args.seed)]
     cmd += ["--device", "cpu", "--precision", "fp32"]
     cmd += ["--max-grad-norm", "1.0", "--weight-decay", "0", "--max-eval-samples", "8"]
-    return cmd + (["--activation-checkpointing"] if checkpointing else [])
+    cmd += ["--init", "kaiming"] if "kaiming" in parts else []
+    cmd += ["--activation-checkpointing"] if "checkpointing" in parts else []
+    return cmd + (["--keep-memory"] if "keep" in parts else [])
 
 
 def _watch(cmd: list[str], log: Path) -> tuple[int, float]:
@@ -158,7 +169,7 @@ def run_variant(args, variant: str, out: Path) -> dict:
         cmd = [sys.executable, __file__, "--child", variant, "--child-out", str(out)]
         cmd += _shared_flags(args)
     else:
-        cmd = lorakit_command(args, out / "run", variant == "lorakit-checkpointing")
+        cmd = lorakit_command(args, out / "run", variant)
     code, whole = _watch(cmd, out / "train.log")
     if code:
         sys.exit(f"{variant} failed ({code}):\n" + (out / "train.log").read_text()[-4000:])
@@ -240,7 +251,11 @@ def args_batch(runs: list[dict]) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variants", default=",".join(VARIANTS), help="also: lorakit-checkpointing")
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="also: lorakit[-kaiming][-checkpointing][-keep-memory]",
+    )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=4, help="pairs per step")
     p.add_argument("--lr", type=float, default=5e-4)

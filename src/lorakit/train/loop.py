@@ -24,7 +24,7 @@ from lorakit.eval.loss import IGNORE, loss_fn
 from lorakit.eval.preference_loss import METRICS, pair_metrics
 from lorakit.eval.splits import empty_split_notes
 from lorakit.lora import trainable_line, trainable_parameters
-from lorakit.models.attention import NAME as ATTENTION
+from lorakit.models.attention import uses_fp32_attention
 from lorakit.models.load import load_model, load_tokenizer, model_dir, resolve_model
 from lorakit.precision import Choice, resolve_precision
 from lorakit.train import distributed
@@ -83,7 +83,7 @@ def build(config: TrainConfig, log=print) -> Run:
     model, tokenizer = load_model(
         config.model, config.task, label_names=data.labels, seed=config.seed, dtype=precision.dtype
     )
-    if device.type == "cpu" and getattr(model.config, "_attn_implementation", None) == ATTENTION:
+    if device.type == "cpu" and uses_fp32_attention(model):
         log("attention: fp32 inside bf16 (torch's bf16 SDPA backward is slower on a CPU)")
     apply_method(model, config)
     model.to(device)

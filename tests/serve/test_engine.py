@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lorakit
-from lorakit.serve.engine import Engine, QueueFull, Request
+from lorakit.serve.engine import AdapterGone, Engine, QueueFull, Request
 from tiny_models import randomize_adapters, tiny_gpt2, tiny_llama, tiny_opt
 from tiny_tokenizer import make_tokenizer
 
@@ -168,4 +168,32 @@ def test_full_queue_is_refused_and_calls_run_between_steps():
             engine.call(lambda: 1 / 0)
     finally:
         gate.set()
+        engine.close()
+
+
+def test_unload_counts_and_removes_under_the_queue_lock():
+    """An adapter in use is not removed; once removed, a request still naming it (resolved
+    before the unload) is refused by submit, before any response could start, instead of
+    failing inside a stream that already said 200."""
+    model = _model(tiny_llama)
+    engine = Engine(model, TOK)
+    engine.eos = set()
+    try:
+        busy, waiter = _request([5, 6, 7], "a", max_tokens=40)
+        engine.submit(busy)
+        removed = []
+        assert engine.call(lambda: engine.unload_if_unused("a", lambda: removed.append("a"))) >= 1
+        assert waiter.done.wait(60) and not removed
+        assert (
+            engine.call(
+                lambda: engine.unload_if_unused("b", lambda: lorakit.delete_adapter(model, "b"))
+            )
+            == 0
+        )
+        late, late_waiter = _request([5, 6, 7], "b")
+        with pytest.raises(AdapterGone, match="'b' was unloaded"):
+            engine.submit(late)
+        assert late_waiter.events == []  # never queued: nothing was emitted
+        assert engine.uses("b") == 0
+    finally:
         engine.close()

@@ -28,6 +28,7 @@ from lorakit.serve import kv, prefill
 from lorakit.serve.adapter_cache import AdapterCache
 from lorakit.serve.prefix import PrefixCache
 from lorakit.serve.request import (
+    AdapterGone,
     EngineBusy,
     Event,
     QueueFull,
@@ -38,7 +39,7 @@ from lorakit.serve.request import (
 )
 from lorakit.serve.slots import SlotCache
 
-__all__ = ["Engine", "EngineBusy", "Event", "QueueFull", "Request"]
+__all__ = ["AdapterGone", "Engine", "EngineBusy", "Event", "QueueFull", "Request"]
 
 BLOCKED_POLL_S = 0.25  # how often a queue that waits only for adapter loads checks deadlines
 
@@ -84,6 +85,10 @@ class Engine:
     # -- called from other threads ----------------------------------------------------------
     def submit(self, request: Request) -> None:
         with self._wake:
+            # checked under the lock `unload_if_unused` holds: a request resolved before an
+            # unload is refused here (before any response starts), never failed mid-stream
+            if request.adapter is not None and request.adapter not in self._known():
+                raise AdapterGone(f"adapter {request.adapter!r} was unloaded — it is not served")
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(
                     f"the server queue is full ({self.max_queue} waiting requests) — retry later"
@@ -120,6 +125,19 @@ class Engine:
     def load(self) -> tuple[int, int]:
         with self._wake:
             return len(self._waiting), len(self._rows)
+
+    def _known(self):
+        return set(list_adapters(self.model)) if self.adapters is None else self.adapters.known
+
+    def unload_if_unused(self, adapter: str, remove: Callable[[], None]) -> int:
+        """On the engine thread (in a call): remove() unless requests name `adapter`; the
+        number that do. The queue's lock is held from the count to the removal, so no request
+        naming the adapter is queued in between (submit then refuses it: AdapterGone)."""
+        with self._wake:
+            using = self.uses(adapter)
+            if not using:
+                remove()
+            return using
 
     def uses(self, adapter: str) -> int:
         """Requests that name `adapter`, waiting or running. Exact on the engine thread (in a
@@ -201,7 +219,7 @@ class Engine:
         is not in the bank yet stays in the queue without holding up the ones behind it."""
         admit, tokens, now = [], 0, time.perf_counter()
         cache = self.adapters
-        known = set(list_adapters(self.model)) if cache is None else cache.known
+        known = self._known()
         failed = cache.take_failures() if cache is not None else {}
         keep: deque[Request] = deque()
         while self._waiting:

@@ -132,16 +132,18 @@ class LanguageModel:
                     self._resolving.pop(name, None)
 
     def remove_adapter(self, name: str) -> None:
+        def remove() -> None:
+            self.catalog.remove(name)
+            self.adapters.unregister(name)
+
         def unload() -> None:  # on the engine thread: every admitted request is counted
-            using = self.engine.uses(name)
+            using = self.engine.unload_if_unused(name, remove)
             if using:
                 raise ApiError(
                     409,
                     f"adapter {name!r} is in use by {using} request(s) — retry when they finish",
                     "adapter_in_use",
                 )
-            self.catalog.remove(name)
-            self.adapters.unregister(name)
 
         self.engine.call(unload, CHANGE_TIMEOUT_S)
 

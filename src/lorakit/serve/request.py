@@ -20,6 +20,10 @@ class QueueFull(LorakitError):
     """More requests waiting than --max-queue allows."""
 
 
+class AdapterGone(LorakitError):
+    """A request names an adapter that was unloaded after the request was resolved."""
+
+
 class EngineBusy(LorakitError):
     """A model change could not start within its time limit (the engine is stuck or busy)."""
 

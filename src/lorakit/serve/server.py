@@ -16,7 +16,7 @@ from lorakit.serve.errors import ApiError
 from lorakit.serve.feedback import FeedbackStore
 from lorakit.serve.hosted import Classifier, LanguageModel
 from lorakit.serve.metrics import Metrics
-from lorakit.serve.request import EngineBusy, Event, QueueFull
+from lorakit.serve.request import AdapterGone, EngineBusy, Event, QueueFull
 from lorakit.serve.request import Request as GenRequest
 from lorakit.serve.schemas import ChatRequest
 from lorakit.serve.security import adapter_in_dirs, api_key
@@ -157,6 +157,8 @@ class Server:
             self.lm.engine.submit(req)
         except QueueFull as exc:
             raise ApiError(429, str(exc), "queue_full") from None
+        except AdapterGone as exc:
+            raise ApiError(404, str(exc), "model_not_found") from None
         self._update_load()
         return events
 

@@ -43,8 +43,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 VARIANTS = ["trl", "trl-no-checkpointing", "lorakit"]
-# lorakit variant suffixes and the flags they add (see lorakit_command)
+TRL_VARIANTS = ["trl", "trl-no-checkpointing", "trl-bf16"]
+# lorakit variant suffixes and the flags they add (see lorakit_command); without -auto a
+# lorakit run is pinned to fp32, TRL's default on a CPU
 LORAKIT_OPTIONS = {
+    "-auto": ["--precision", "auto"],
     "-kaiming": ["--init", "kaiming"],
     "-checkpointing": ["--activation-checkpointing"],
     "-keep-memory": ["--keep-memory"],
@@ -62,8 +65,9 @@ def build_data(out: Path, train: int, eval_rows: int) -> Path:
     return out / "prefs"
 
 
-def run_trl(args, out: Path, checkpointing: bool) -> dict:
-    """TRL's recipe in this process: DPOTrainer on a peft LoRA model; the adapter saved."""
+def run_trl(args, out: Path, checkpointing: bool, bf16: bool = False) -> dict:
+    """TRL's recipe in this process: DPOTrainer on a peft LoRA model; the adapter saved.
+    bf16: TRL's `bf16=True` (autocast on a CPU), what a user with a bf16 CPU would set."""
     import peft
     import torch
     from datasets import Dataset
@@ -103,7 +107,7 @@ def run_trl(args, out: Path, checkpointing: bool) -> dict:
         max_grad_norm=1.0,
         weight_decay=0.0,
         gradient_checkpointing=checkpointing,
-        bf16=False,
+        bf16=bf16,
         fp16=False,
         use_cpu=True,
         seed=args.seed,
@@ -130,7 +134,9 @@ def run_trl(args, out: Path, checkpointing: bool) -> dict:
 
 
 def lorakit_command(args, out: Path, variant: str) -> list[str]:
-    """lorakit's CLI for a variant `lorakit[-kaiming][-checkpointing][-keep-memory]`.
+    """lorakit's CLI for a variant `lorakit[-auto][-kaiming][-checkpointing][-keep-memory]`.
+    -auto: lorakit's default precision (`auto`: bf16 where this CPU's bf16 matmul is fast)
+    instead of fp32.
     -kaiming: peft's default init, which TRL's recipe gets (lorakit's own default is
     A ~ N(0, 1/r), peft's "gaussian"). -checkpointing: --activation-checkpointing, which also
     turns lorakit's release-memory heap policy on; -keep-memory turns that policy off, as in
@@ -147,7 +153,7 @@ def lorakit_command(args, out: Path, variant: str) -> list[str]:
     cmd += ["--batch-size", str(args.batch_size), "--max-steps", str(args.steps)]
     cmd += ["--max-length", str(args.max_length), "--r", str(args.r), "--alpha", str(args.alpha)]
     cmd += ["--targets", ",".join(TARGETS), "--dropout", "0", "--seed", str(args.seed)]
-    cmd += ["--device", "cpu", "--precision", "fp32"]
+    cmd += ["--device", "cpu"] + ([] if "--precision" in extra else ["--precision", "fp32"])
     cmd += ["--max-grad-norm", "1.0", "--weight-decay", "0", "--max-eval-samples", "8"]
     return cmd + extra
 
@@ -260,7 +266,7 @@ def main() -> None:
     p.add_argument(
         "--variants",
         default=",".join(VARIANTS),
-        help="also: lorakit[-kaiming][-checkpointing][-keep-memory]",
+        help="also: trl-bf16, lorakit[-auto][-kaiming][-checkpointing][-keep-memory]",
     )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=4, help="pairs per step")
@@ -283,7 +289,14 @@ def main() -> None:
     args = p.parse_args()
     if args.child:  # one TRL run, in its own process
         out = Path(args.child_out)
-        result = run_trl(args, out, checkpointing=args.child == "trl")
+        if args.child not in TRL_VARIANTS:
+            sys.exit(f"unknown TRL variant {args.child!r}")
+        result = run_trl(
+            args,
+            out,
+            checkpointing=args.child != "trl-no-checkpointing",
+            bf16=args.child == "trl-bf16",
+        )
         (out / "result.json").write_text(json.dumps(result))
         return
     if args.quick:
@@ -292,6 +305,11 @@ def main() -> None:
     if args.data is None:
         args.data = build_data(work / "data", args.train, args.eval)
     variants = args.variants.split(",")
+    for v in variants:  # refuse a misspelt variant before hours of the others
+        if v.startswith("trl") and v not in TRL_VARIANTS:
+            sys.exit(f"unknown TRL variant {v!r} (known: {', '.join(TRL_VARIANTS)})")
+        if not v.startswith("trl"):
+            lorakit_command(args, work, v)
     results: dict[str, list[dict]] = {v: [] for v in variants}
     runs = [(r, int(s)) for r in range(args.rounds) for s in args.seeds.split(",")]
     for i, (round_, seed) in enumerate(runs):

@@ -18,6 +18,7 @@ import torch
 from lorakit.errors import ConfigError, ModelNotFoundError
 from lorakit.models.attention import use_fp32_attention
 from lorakit.models.gguf_cache import cached_gguf_dir
+from lorakit.models.head_input import contiguous_head_input
 from lorakit.models.paths import ALIASES, alias_path
 
 Task = Literal["classification", "causal-lm"]
@@ -189,6 +190,8 @@ def load_model(
         # every half-precision model (train, eval, generate, serve) runs the same attention,
         # so a metric logged while training is the one `eval` reproduces; see attention.py
         use_fp32_attention(model)
+    if task == "causal-lm":
+        contiguous_head_input(model)  # prefill's last-position slice: see head_input.py
     return model, tokenizer
 
 

@@ -32,6 +32,7 @@ from lorakit.lora.heads import output_head
 from lorakit.lora.layer import LoraLayer, is_quantized
 from lorakit.lora.registry import lora_layers, set_module
 from lorakit.lora.saved_module import ModulesToSave
+from lorakit.models.head_input import contiguous_head_input
 from lorakit.models.mmap_pages import own_remaining, page_out
 from lorakit.models.quant_codec import quantize_int8, quantize_nf4
 from lorakit.models.quant_layers import Int8Embedding, Int8Linear, NF4Linear
@@ -117,6 +118,7 @@ def quantize(model: nn.Module, mode: str, *, inference: bool = False) -> nn.Modu
         page_out(module.weight)
     own_remaining(model)
     release_freed()  # the fp32 chunks read above would otherwise stay in the C heap
+    contiguous_head_input(model)  # a replaced head lost load_model's hook
     return model
 
 
@@ -153,6 +155,7 @@ def dequantize(model: nn.Module) -> nn.Module:
         new = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
         new.weight, new.bias = weight, module.bias
         set_module(model, path, new)
+    contiguous_head_input(model)
     return model
 
 

@@ -83,3 +83,36 @@ def test_load_model_and_quantize_keep_the_head_contiguous(llama_dir):
     dequantize(model)
     ops, _ = _head_ops(model)
     assert "bmm" not in ops and "expand" not in ops
+
+
+def _head_input_strides(model, ids) -> tuple[tuple[int, ...], torch.Tensor]:
+    """The strides of the input the head computes with (after its own hooks), and the logits."""
+    seen = {}
+
+    def record(module, args):
+        seen["stride"] = args[0].stride()  # returns None: the input is left as it is
+
+    hook = output_head(model).register_forward_pre_hook(record)
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids, logits_to_keep=1).logits
+    finally:
+        hook.remove()
+    return seen["stride"], logits
+
+
+def test_a_one_row_slice_reaches_the_head_row_major():
+    # [1, 1, hidden] cut from [1, T, hidden] passes is_contiguous() with a batch stride of
+    # T x hidden, and bf16's matmul then copies the whole weight: the hook checks strides
+    torch.manual_seed(0)
+    stock = tiny_llama().to(torch.bfloat16).eval().requires_grad_(False)
+    fixed = tiny_llama().to(torch.bfloat16).eval().requires_grad_(False)
+    fixed.load_state_dict(stock.state_dict())
+    contiguous_head_input(fixed)
+    hidden = stock.config.hidden_size
+    one = IDS[:1]
+    stock_stride, stock_logits = _head_input_strides(stock, one)
+    stride, logits = _head_input_strides(fixed, one)
+    assert stock_stride == (one.shape[1] * hidden, hidden, 1)  # the trap is there
+    assert stride == (hidden, hidden, 1)
+    torch.testing.assert_close(logits, stock_logits, rtol=0, atol=0)

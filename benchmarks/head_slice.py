@@ -1,13 +1,14 @@
-"""The LM head on the last position of a prefill: a sliced input vs a contiguous one.
+"""The LM head on the last position of a prefill: a sliced input vs a row-major copy.
 
     .venv/bin/python benchmarks/head_slice.py [--rows 1,8,32,64] [--tokens 60] [--repeat 3]
 
 transformers runs the head on `hidden[:, -1:, :]` when only the last position's logits are
 wanted (`logits_to_keep=1`: generation's and lorakit serve's prefill). For a frozen weight
-(LoRA's base, any inference model) torch's `F.linear` cannot fold that non-contiguous 3-D
-input into one matrix multiply and runs a bmm against the weight expanded to
-[rows, in, vocab]. This times `F.linear` at SmolLM2-135M's head shape (49,152 x 576) both
-ways, in fp32 and bf16, and reports the largest tensor each way allocates
+(LoRA's base, any inference model) torch's `F.linear` cannot fold that strided 3-D input
+into one matrix multiply and runs a bmm against the weight expanded to [rows, in, vocab];
+at one row the slice even passes `is_contiguous()`, and bf16 still copies the weight. This
+times `F.linear` at SmolLM2-135M's head shape (49,152 x 576) both ways, in fp32 and bf16,
+and reports the largest single allocation each makes (torch.profiler's memory record)
 (`lorakit.models.head_input` is the fix: the slice is copied first).
 """
 
@@ -47,7 +48,7 @@ def main() -> None:
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(
-        "| dtype | rows | sliced ms | contiguous ms | sliced / contiguous | largest tensor, sliced | contiguous |"
+        "| dtype | rows | sliced ms | row-major ms | sliced / row-major | largest allocation, sliced | row-major |"
     )
     print("|---|---|---|---|---|---|---|")
     weight = torch.randn(args.vocab, args.hidden)  # frozen: requires_grad False
@@ -55,7 +56,7 @@ def main() -> None:
         w = weight.to(dtype)
         for rows in (int(r) for r in args.rows.split(",")):
             sliced = torch.randn(rows, args.tokens, args.hidden, dtype=dtype)[:, -1:, :]
-            flat = sliced.contiguous()
+            flat = sliced.clone(memory_format=torch.contiguous_format)  # row-major strides
             sizes = [_largest_allocation(x, w) for x in (sliced, flat)]
             a, b = _time(sliced, w, args.repeat), _time(flat, w, args.repeat)
             print(f"| {str(dtype).removeprefix('torch.')} | {rows} | {a:.1f} | {b:.1f} | "

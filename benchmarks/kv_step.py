@@ -18,6 +18,7 @@ import time
 import torch
 import transformers.integrations.sdpa_attention as sdpa
 
+from lorakit.infer.generate import cache_kwarg, returned_cache
 from lorakit.models.load import load_model
 from lorakit.serve import kv
 from lorakit.serve.slots import SlotCache
@@ -31,9 +32,10 @@ def _step(model, ids, mask, cache, position: int):
     rows = ids.shape[0]
     start = time.perf_counter()
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
-                    position_ids=torch.full((rows, 1), position))  # fmt: skip
-    return out.past_key_values, time.perf_counter() - start
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True,
+                    position_ids=torch.full((rows, 1), position),
+                    **{cache_kwarg(model): cache})  # fmt: skip
+    return returned_cache(out), time.perf_counter() - start
 
 
 def concatenating(model, ids, prefilled: kv.BatchCache, steps: int) -> float:
@@ -76,7 +78,7 @@ def main() -> None:
     mask = torch.ones_like(ids)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
-    prefilled = kv.from_hf(out.past_key_values, mask)
+    prefilled = kv.from_hf(returned_cache(out), mask)
     step_ids = ids[:, :1]
     print(f"{args.rows} rows x {args.cached} cached tokens, median of {args.steps} steps, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads"

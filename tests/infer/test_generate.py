@@ -4,11 +4,14 @@ stops it, a seed fixes a sampled text, and the streamed pieces join to the decod
 
 from __future__ import annotations
 
+import inspect
+import warnings
+
 import pytest
 import torch
 
 import lorakit
-from lorakit.infer.generate import decode, encode_prompt, eos_ids, stream
+from lorakit.infer.generate import cache_kwarg, decode, encode_prompt, eos_ids, stream
 from lorakit.infer.load import load_for_inference
 from tiny_models import randomize_adapters
 
@@ -74,3 +77,16 @@ def test_stream_pieces_join_to_the_decoded_ids(adapted):
     ids = list(decode(model, encode_prompt(tokenizer, PROMPT), 20, eos_ids(model, tokenizer)))
     assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True)
     assert len(pieces) > 1  # streamed, not one block at the end
+
+
+def test_the_cache_goes_under_the_forwards_own_name(adapted):
+    # transformers 5.25 renamed past_key_values to cache (the old name warns, and goes in
+    # 5.40); decode must use whichever this transformers' forward declares
+    model, tokenizer = adapted
+    name = cache_kwarg(model)
+    assert name in inspect.signature(model.forward).parameters
+    ids = encode_prompt(tokenizer, PROMPT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        mine = list(decode(model, ids, 6, eos=set()))
+    assert mine == _reference(model, ids, 6)

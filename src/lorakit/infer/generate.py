@@ -46,6 +46,17 @@ def last_logits_only(model) -> dict:
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
+def cache_kwarg(model) -> str:
+    """The forward argument that takes the KV cache: transformers 5.25 renamed
+    `past_key_values` to `cache` (the old name warns, and goes in 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def returned_cache(out):
+    """The KV cache a forward returned, under either name (see cache_kwarg)."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
 def decode(
     model,
     prompt_ids: list[int],
@@ -62,11 +73,11 @@ def decode(
     device = next(model.parameters()).device
     generator = generator_for(seed) if temperature > 0 else None
     keep = last_logits_only(model)
-    cache = DynamicCache()
+    keep[cache_kwarg(model)] = DynamicCache()  # filled in place, step after step
     ids = torch.tensor([prompt_ids], device=device)
     with torch.no_grad():
         for _ in range(max_new_tokens):
-            out = model(input_ids=ids, past_key_values=cache, use_cache=True, **keep)
+            out = model(input_ids=ids, use_cache=True, **keep)
             logits = out.logits[0, -1]
             if generator is not None:
                 token = sample_row(logits, temperature, top_p, generator)

@@ -20,7 +20,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import torch
 
-from lorakit.infer.generate import eos_ids, last_logits_only
+from lorakit.infer.generate import cache_kwarg, eos_ids, last_logits_only, returned_cache
 from lorakit.infer.sampling import generator_for, next_token
 from lorakit.infer.text import TextState
 from lorakit.lora import adapter_per_row, list_adapters
@@ -70,6 +70,7 @@ class Engine:
         params = inspect.signature(model.forward).parameters
         self._positions = "position_ids" in params
         self._keep_last = last_logits_only(model)
+        self._cache_kwarg = cache_kwarg(model)
         self._waiting: deque[Request] = deque()
         self._calls: deque[tuple[Callable, Future]] = deque()
         self._rows: list[Request] = []
@@ -253,7 +254,12 @@ class Engine:
 
     @torch.no_grad()
     def _forward(self, rows: list[Request], ids, mask, positions, cache):
-        kwargs = dict(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        kwargs = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            self._cache_kwarg: cache,
+            "use_cache": True,
+        }
         if self._positions:
             kwargs["position_ids"] = positions
         kwargs.update(self._keep_last)
@@ -266,7 +272,7 @@ class Engine:
             self.on_step(
                 len(rows), int(mask[:, -ids.shape[1] :].sum()), time.perf_counter() - start
             )
-        return logits, out.past_key_values
+        return logits, returned_cache(out)
 
     def _owners(self, rows: list[Request]) -> list[str | None]:
         """Whose prefix blocks each row may reuse (None: not cached)."""

@@ -334,3 +334,43 @@ def test_causal_lm_sweep_scores_generation(tmp_path, llama_model_dir, qa_jsonl):
         assert {"exact_match", "rouge_l", "perplexity", "latency_merged_ms"} <= row.keys()
     header = (tmp_path / "lm/report.md").read_text().split("| run |")[1].splitlines()[0]
     assert "exact match" in header and "perplexity" in header and "accuracy" not in header
+
+
+def test_a_dpo_sweep_scores_pairs_and_leaves_full_fine_tuning_out(
+    tmp_path, llama_model_dir, prefs_jsonl
+):
+    shared = dict(
+        model=str(llama_model_dir),
+        task="causal-lm",
+        data=str(prefs_jsonl),
+        ranks=[2, 4],
+        target_sets={"qv": ["q_proj", "v_proj"]},
+        dora_rank=None,
+        max_steps=2,
+        batch_size=4,
+        max_eval_samples=8,
+        latency_samples=2,
+        isolate=False,
+        train={"objective": "dpo", "beta": 0.5},
+    )
+    # full fine-tuning has no adapter to switch off for DPO's reference: left out by
+    # default, and refused before anything trains when asked for
+    with pytest.raises(ConfigError, match="--objective dpo with --method full"):
+        plan(CompareConfig(**shared, include_full=True), {"qv": ["q_proj", "v_proj"]})
+    orpo = CompareConfig(**{**shared, "train": {"objective": "orpo"}})
+    assert plan(orpo, orpo.target_sets)[-1].name == "full-seed0"  # ORPO has no reference
+    cfg = CompareConfig(**shared, output=str(tmp_path / "dpo"))
+    results = run_sweep(cfg, log=lambda *a: None)
+    assert [r["name"] for r in results["runs"]] == ["lora-qv-r2-seed0", "lora-qv-r4-seed0"]
+    assert results["metric"] == "reward_accuracy"
+    for row in results["runs"]:
+        assert 0 <= row["reward_accuracy"] <= 1 and row["test_examples"] == 8
+        assert isinstance(row["reward_margin"], float)
+        assert (
+            json.loads((tmp_path / "dpo/runs" / row["name"] / "config.json").read_text())[
+                "objective"
+            ]
+            == "dpo"
+        )
+    header = (tmp_path / "dpo/report.md").read_text().split("| run |")[1].splitlines()[0]
+    assert "reward accuracy" in header and "reward margin" in header

@@ -25,9 +25,20 @@ COLUMNS = [
     Column("exact_match", "exact match", "high", "{:.4f}"),
     Column("rouge_l", "ROUGE-L", "high", "{:.4f}"),
     Column("perplexity", "perplexity", "low", "{:.3f}"),
+    # preference runs (train: {objective: dpo | orpo}): held-out pairs against the reference
+    Column("reward_accuracy", "reward accuracy", "high", "{:.4f}"),
+    Column("reward_margin", "reward margin", "high", "{:.4f}"),
     Column("latency_unmerged_ms", "latency unmerged (ms)", "low", "{:.2f}"),
     Column("latency_merged_ms", "latency merged (ms)", "low", "{:.2f}"),
 ]
 BY_KEY = {c.key: c for c in COLUMNS}
-SCORES = ("accuracy", "macro_f1", "exact_match", "rouge_l", "perplexity")
+SCORES = (
+    "accuracy",
+    "macro_f1",
+    "exact_match",
+    "rouge_l",
+    "perplexity",
+    "reward_accuracy",
+    "reward_margin",
+)
 IDENTITY = ("group", "method", "targets", "r")

@@ -104,7 +104,11 @@ class CompareConfig(SharedRunConfig):
     dora_targets: str | None = Field(
         None, description="The target set of the DoRA run (default: all-linear, else the last)."
     )
-    include_full: bool = Field(True, description="Add a full fine-tuning run.")
+    include_full: bool = Field(
+        True,
+        description="Add a full fine-tuning run (not in a DPO sweep unless asked: DPO's "
+        "reference is the model with its adapter off, which full fine-tuning has not).",
+    )
     include_head: bool | None = Field(
         None, description="Add a head-only run (default: for classification only)."
     )
@@ -114,10 +118,22 @@ class CompareConfig(SharedRunConfig):
     seeds: int = Field(
         1, ge=1, description="Repetitions of every run (seed, seed+1, ...): mean ± std."
     )
-    metric: Literal["accuracy", "macro_f1", "exact_match", "rouge_l", "perplexity"] | None = Field(
+    metric: (
+        Literal[
+            "accuracy",
+            "macro_f1",
+            "exact_match",
+            "rouge_l",
+            "perplexity",
+            "reward_accuracy",
+            "reward_margin",
+        ]
+        | None
+    ) = Field(
         None,
         description="The score the findings rank by (default: accuracy; for causal-lm "
-        "exact_match where measured, else perplexity).",
+        "reward_accuracy in a preference sweep, else exact_match where measured, else "
+        "perplexity).",
     )
     latency_samples: int = Field(32, gt=0, description="Test examples timed one at a time.")
     isolate: bool = Field(
@@ -157,6 +173,13 @@ class CompareConfig(SharedRunConfig):
 
     def head_included(self) -> bool:
         return self.include_head if self.include_head is not None else self.task == "classification"
+
+    def full_included(self) -> bool:
+        """A DPO sweep leaves full fine-tuning out unless include_full was set (then the
+        run's own check refuses it, before anything trains)."""
+        if self.train.get("objective") == "dpo" and "include_full" not in self.model_fields_set:
+            return False
+        return self.include_full
 
 
 class RankProbeConfig(SharedRunConfig):

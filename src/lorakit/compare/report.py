@@ -52,6 +52,8 @@ def primary_metric(rows: list[dict], task: str, override: str | None = None) -> 
         return override
     if task == "classification":
         return "accuracy"
+    if all("reward_accuracy" in r for r in rows):  # what preference tuning moves
+        return "reward_accuracy"
     return "exact_match" if all("exact_match" in r for r in rows) else "perplexity"
 
 

@@ -30,6 +30,7 @@ from lorakit.config import LoraConfig, TrainConfig
 from lorakit.device import resolve_device
 from lorakit.errors import ConfigError, LorakitError, OutputExistsError, TargetNotFoundError
 from lorakit.train.output_dir import protected_paths
+from lorakit.train.preference import check_objective
 
 # Leaf names of the attention query / value projections across architectures
 # (BERT, Llama/Mistral/Qwen, T5, and GPT-2's fused qkv).
@@ -109,7 +110,7 @@ def plan(config: CompareConfig, target_sets: dict[str, list[str] | str]) -> list
     if config.dora_rank is not None and target_sets:
         d, dora_set = config.dora_rank, config.dora_set(list(target_sets))
         specs.append((f"dora-{dora_set}-r{d}", "dora", dora_set, d))
-    if config.include_full:
+    if config.full_included():
         specs.append(("full", "full", None, None))
     if not specs:
         raise ConfigError("the sweep has no runs — give ranks, dora_rank, include_full or head")
@@ -124,6 +125,7 @@ def plan(config: CompareConfig, target_sets: dict[str, list[str] | str]) -> list
                 fields["lr"] = config.full_lr  # None: TrainConfig's 5e-5 for full fine-tuning
             name = f"{group}-seed{seed}"
             cfg = config.run_config(runs_dir / name, **fields)
+            check_objective(cfg)  # a run its objective cannot do: refused before any trains
             runs.append(PlannedRun(name, group, method, set_name, r, seed, cfg))
     return runs
 
@@ -302,7 +304,7 @@ def run_sweep(config: CompareConfig, log: Callable[[str], None] = print) -> dict
 
 def _score(metrics: dict) -> str:
     test = metrics.get("test", {})
-    for key in ("accuracy", "exact_match", "perplexity"):
+    for key in ("accuracy", "reward_accuracy", "exact_match", "perplexity"):
         if test.get(key) is not None:
             return f"{key} {test[key]:.4f}"
     return "-"
